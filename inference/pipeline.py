@@ -1,0 +1,128 @@
+"""The cover pipeline: preprocess -> separate -> infer -> mix -> finalize over a work folder."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import PipelineConfig
+from .context import STAGES, CancelCheck, EventCallback, PipelineEvent, StageContext, overall_fraction
+from .device import default_device
+from .errors import Canceled, PipelineError
+
+log = logging.getLogger("inference")
+
+ARTIFACTS = ("song", "reference", "vocals", "instrumental", "converted_vocals", "cover", "report")
+
+
+@dataclass
+class PipelineResult:
+    workdir: Path
+    artifacts: dict[str, Path]          # name -> path, e.g. "cover" -> workdir/cover.wav
+    report: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cover(self) -> Path:
+        return self.artifacts["cover"]
+
+
+class Pipeline:
+    """Runs the five stages in order.
+
+    ``on_event`` receives :class:`PipelineEvent` for each stage start/end and progress;
+    ``should_cancel`` is polled between chunks of work (raises :class:`Canceled`).
+    Failures raise :class:`PipelineError` naming the stage.
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, *, on_event: EventCallback | None = None,
+                 should_cancel: CancelCheck | None = None):
+        self.config = config or PipelineConfig()
+        self.on_event = on_event
+        self.should_cancel = should_cancel
+        self.device = self.config.device or default_device()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _emit(self, ev: PipelineEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def _ctx(self, stage: str, workdir: Path, warnings: list[str]) -> StageContext:
+        return StageContext(stage=stage, workdir=workdir, device=self.device, on_event=self.on_event,
+                            should_cancel=self.should_cancel, warnings=warnings)
+
+    # -- run ---------------------------------------------------------------------------------
+    def run(self, song_path: Path | str, reference_path: Path | str, workdir: Path | str) -> PipelineResult:
+        from .stages import finalize, infer, mix, preprocess, separate
+
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        warnings: list[str] = []
+        timings: dict[str, float] = {}
+        engines: dict[str, Any] = {}
+        report: dict[str, Any] = {"inference_version": __version__, "device": self.device,
+                                  "parameters": cfg.as_dict(), "timings": timings, "engines": engines}
+        state: dict[str, Any] = {}
+
+        def stage(name: str, fn) -> Any:
+            ctx = self._ctx(name, workdir, warnings)
+            ctx.check_cancel()
+            self._emit(PipelineEvent("stage_started", name, 0.0, overall_fraction(name, 0.0)))
+            t0 = time.perf_counter()
+            try:
+                out = fn(ctx)
+            except (Canceled, PipelineError):
+                raise
+            except MemoryError:
+                raise PipelineError(name, "ran out of memory; try a shorter song", code="out_of_memory",
+                                    transient=True) from None
+            except OSError as exc:
+                if getattr(exc, "errno", None) == 28:
+                    raise PipelineError(name, "no space left on the device", code="no_space") from None
+                log.exception("stage %s failed", name)
+                raise PipelineError(name, f"file error: {exc.strerror or exc}", code="io_error") from None
+            except Exception as exc:
+                if _is_cuda_oom(exc):
+                    raise PipelineError(name, "the GPU ran out of memory", code="out_of_memory",
+                                        transient=True) from None
+                log.exception("stage %s failed", name)
+                raise PipelineError(name, f"internal error ({exc.__class__.__name__}: {str(exc)[:200]})",
+                                    code="internal_error") from None
+            dt = time.perf_counter() - t0
+            timings[name] = round(dt, 4)
+            if ctx.info:
+                engines[name] = ctx.info
+            self._emit(PipelineEvent("stage_finished", name, 1.0, overall_fraction(name, 1.0), seconds=dt,
+                                     cached=bool(ctx.info.get("cached"))))
+            return out
+
+        try:
+            state["pre"] = stage("preprocess", lambda ctx: preprocess.run(song_path, reference_path, cfg, ctx))
+            state["sep"] = stage("separate", lambda ctx: separate.run(state["pre"], cfg, ctx))
+            state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
+            state["mix"] = stage("mix", lambda ctx: mix.run(state["pre"], state["sep"], state["conv"], cfg, ctx))
+            result: PipelineResult = stage(
+                "finalize", lambda ctx: finalize.run(state["pre"], state["mix"], cfg, report, ctx))
+        finally:
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+        result.warnings = warnings
+        return result
+
+
+def _is_cuda_oom(exc: Exception) -> bool:
+    try:
+        import torch
+        return isinstance(exc, torch.cuda.OutOfMemoryError)
+    except Exception:
+        return False
+
+
+def write_report(path: Path, report: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return path
