@@ -1,0 +1,206 @@
+"""Settings shared by every environment. Everything a deployment changes comes from the
+environment (django-environ); every value has a working default for a single machine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(str(BASE_DIR / ".env"))
+
+VAR_DIR = Path(env("COVER_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-dev-key-change-me-in-production-0123456789")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",  # first: `runserver` serves the ASGI app (HTTP + WebSocket)
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI files served locally (no CDN)
+    "django_rq",
+    "channels",
+    "covers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "coverproject.urls"
+ASGI_APPLICATION = "coverproject.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database: DATABASE_URL (postgres://... or sqlite:///...), default a SQLite file under var/ ---
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the workers write the same file: wait for locks instead of failing,
+    # take the write lock at BEGIN (no lock upgrades -> no deadlock errors), WAL for readers.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE",
+         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"})
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env("COVER_STATIC_ROOT", default=str(VAR_DIR / "static")))
+
+# --- files: inputs, stems and results go through Django's storage API ---
+# COVER_STORAGE_BACKEND=storages.backends.s3.S3Storage (+ AWS_* variables) puts them on S3.
+MEDIA_ROOT = Path(env("COVER_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": env("COVER_STORAGE_BACKEND",
+                               default="django.core.files.storage.FileSystemStorage")},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+for _name in ("AWS_STORAGE_BUCKET_NAME", "AWS_S3_ENDPOINT_URL", "AWS_S3_REGION_NAME",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_LOCATION"):
+    if env(_name, default=None):
+        globals()[_name] = env(_name)
+# Scratch folders for running jobs (always local disk).
+COVER_WORK_ROOT = Path(env("COVER_WORK_ROOT", default=str(VAR_DIR / "work")))
+
+# --- Redis, RQ, Channels ---
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+COVER_QUEUE_NAME = env("COVER_QUEUE_NAME", default="cover")
+COVER_JOB_TIMEOUT = env.int("COVER_JOB_TIMEOUT", default=1800)  # seconds per job (RQ's default: 180)
+COVER_RESULT_TTL_HOURS = env.float("COVER_RESULT_TTL_HOURS", default=24)
+RQ_QUEUES = {
+    COVER_QUEUE_NAME: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT},
+}
+if COVER_QUEUE_NAME != "default":
+    RQ_QUEUES["default"] = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT}
+# `manage.py rqworker cover` uses this class with no flags: no fork per job (engines stay
+# loaded), a heartbeat thread during jobs, and the reconciler for dead workers.
+RQ = {"WORKER_CLASS": "covers.worker.CoverWorker"}
+RQ_SHOW_ADMIN_LINK = True
+# Seconds without a heartbeat after which a running job's worker counts as dead.
+COVER_WORKER_HEARTBEAT_SECONDS = env.int("COVER_WORKER_HEARTBEAT_SECONDS", default=10)
+COVER_WORKER_DEAD_AFTER_SECONDS = env.int("COVER_WORKER_DEAD_AFTER_SECONDS", default=60)
+COVER_RECONCILE_INTERVAL_SECONDS = env.int("COVER_RECONCILE_INTERVAL_SECONDS", default=30)
+# A queued row whose RQ job is missing from Redis for this long gets re-enqueued once, then failed.
+COVER_QUEUED_GRACE_SECONDS = env.int("COVER_QUEUED_GRACE_SECONDS", default=30)
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [env("CHANNEL_REDIS_URL", default=REDIS_URL)],
+                   "prefix": env("CHANNEL_PREFIX", default="asgi")},
+    },
+}
+
+# --- pipeline engines and limits ---
+COVER_SEPARATOR = env("COVER_SEPARATOR", default="spectral")
+COVER_CONVERTER = env("COVER_CONVERTER", default="world")
+COVER_DEVICE = env("COVER_DEVICE", default="")  # "" = CUDA when present, else CPU
+GPT_SOVITS_PYTHON = env("GPT_SOVITS_PYTHON", default="")
+GPT_SOVITS_PROJECT_ROOT = env("GPT_SOVITS_PROJECT_ROOT", default="")
+COVER_UVR_MODEL = env("COVER_UVR_MODEL", default="")
+COVER_SEPARATE_CMD_TEMPLATE = env("COVER_SEPARATE_CMD_TEMPLATE", default="")
+COVER_INFER_CMD_TEMPLATE = env("COVER_INFER_CMD_TEMPLATE", default="")
+
+COVER_MAX_UPLOAD_MB = env.float("COVER_MAX_UPLOAD_MB", default=50)  # per file
+COVER_MAX_SONG_SECONDS = env.float("COVER_MAX_SONG_SECONDS", default=600)
+COVER_MIN_SONG_SECONDS = env.float("COVER_MIN_SONG_SECONDS", default=1)
+COVER_MIN_REFERENCE_SECONDS = env.float("COVER_MIN_REFERENCE_SECONDS", default=3)
+COVER_MAX_REFERENCE_SECONDS = env.float("COVER_MAX_REFERENCE_SECONDS", default=60)
+COVER_MIN_SAMPLE_RATE = env.int("COVER_MIN_SAMPLE_RATE", default=8000)
+COVER_MAX_SAMPLE_RATE = env.int("COVER_MAX_SAMPLE_RATE", default=192000)
+COVER_MAX_CHANNELS = env.int("COVER_MAX_CHANNELS", default=2)
+COVER_MAX_TEXT_CHARS = 5000
+# Whole request body limit: two files plus form fields. Bigger requests get 413 before parsing.
+COVER_MAX_REQUEST_BYTES = int(2 * COVER_MAX_UPLOAD_MB * 1024 * 1024 + 1024 * 1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # bigger uploads spool to a temp file (probed by path)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024   # non-file form fields
+# Progress writes per job are throttled to at most one per this many seconds (stage changes always pass).
+COVER_PROGRESS_MIN_INTERVAL = env.float("COVER_PROGRESS_MIN_INTERVAL", default=0.25)
+COVER_CANCEL_POLL_SECONDS = env.float("COVER_CANCEL_POLL_SECONDS", default=0.3)
+# last_used_at on API keys is written at most once per this many seconds per key.
+COVER_KEY_LAST_USED_INTERVAL = env.int("COVER_KEY_LAST_USED_INTERVAL", default=60)
+
+# --- API ---
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "covers.auth.APIKeyAuthentication",
+        "covers.auth.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["covers.auth.IsCaller"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "covers.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Song cover API",
+    "DESCRIPTION": "Upload a song and a reference voice; get the song re-sung in that voice.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "APPEND_COMPONENTS": {"securitySchemes": {
+        "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+    "SECURITY": [{"ApiKeyAuth": []}],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CoversConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "covers"
+    verbose_name = "Song covers"

@@ -1,0 +1,109 @@
+"""Data: API keys (hashed, with limits) and cover jobs. Rules live in covers.services."""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
+
+
+class APIKey(AbstractAPIKey):
+    """An API key (stored hashed by djangorestframework-api-key) with an owner, limits and last use.
+
+    Limits left empty mean "no limit beyond the service's settings"."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="cover_api_keys")
+    max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True,
+                                                      help_text="Queued + running jobs at once.")
+    jobs_per_day = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs created per 24 h.")
+    max_upload_mb = models.FloatField(null=True, blank=True, help_text="Per uploaded file, in MB.")
+    max_song_seconds = models.FloatField(null=True, blank=True, help_text="Longest song accepted.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+
+def _upload_to(instance: "CoverJob", filename: str) -> str:
+    # Names are ours (the client's file name is never used as a path).
+    return f"covers/{instance.id}/{filename}"
+
+
+class CoverJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+
+    class Stage(models.TextChoices):
+        PREPROCESS = "preprocess", "Preprocess"
+        SEPARATE = "separate", "Separate"
+        INFER = "infer", "Infer"
+        MIX = "mix", "Mix"
+        FINALIZE = "finalize", "Finalize"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    ARTIFACTS = ("vocals", "instrumental", "converted_vocals")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+                              help_text="The API key that created the job.")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="cover_jobs",
+                             help_text="The logged-in user that created the job, or the key's owner.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    stage = models.CharField(max_length=16, choices=Stage.choices, blank=True, default="")
+    progress = models.PositiveSmallIntegerField(default=0)  # 0..100 over the whole job
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    # model_id, pitch_shift, auto_pitch, reference_text, target_text, separator, converter
+    parameters = models.JSONField(default=dict, blank=True)
+    input_info = models.JSONField(default=dict, blank=True)  # probe results of the uploads
+
+    song = models.FileField(upload_to=_upload_to, max_length=255)
+    reference_voice = models.FileField(upload_to=_upload_to, max_length=255)
+    result = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
+    vocals = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
+    instrumental = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
+    converted_vocals = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
+    report = models.JSONField(default=dict, blank=True)  # the pipeline's report.json
+    timings = models.JSONField(default=dict, blank=True)  # stage -> seconds
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    task_id = models.CharField(max_length=64, blank=True, default="", db_index=True,
+                               help_text="The RQ job id of the current attempt.")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When the RQ job reached Redis.")
+    worker_name = models.CharField(max_length=128, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life while running.")
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="covers_job_owner_created"),
+            models.Index(fields=["status", "heartbeat_at"], name="covers_job_status_hb"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(progress__lte=100), name="covers_job_progress_le_100"),
+            # A result exists only for a succeeded job.
+            models.CheckConstraint(condition=models.Q(status="succeeded") | models.Q(result=""),
+                                   name="covers_job_result_only_if_succeeded"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
