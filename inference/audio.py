@@ -5,6 +5,7 @@ restricted to the ``file`` protocol so a playlist cannot make it open anything e
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import soundfile as sf
 import soxr
 
 from .errors import InputError
+
+log = logging.getLogger("inference.audio")
 
 # FFmpeg options: only read the given file, no network or nested protocols.
 SAFE_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": (
@@ -31,12 +34,23 @@ class AudioInfo:
     duration: float  # seconds, from the container header (may be an estimate)
 
 
+SUPPORTED = "WAV, FLAC, MP3, OGG/Opus, M4A/AAC"
+
+
 def _open(path: Path | str, field: str):
     import av
+    p = Path(path)
     try:
-        return av.open(str(path), mode="r", options=dict(SAFE_OPTIONS), metadata_errors="ignore")
+        size = p.stat().st_size
+    except OSError:
+        raise InputError(field, f"{field} file is missing or unreadable", code="unsupported_media") from None
+    if size == 0:
+        raise InputError(field, f"{field} is an empty file (0 bytes)", code="empty_audio")
+    try:
+        return av.open(str(p), mode="r", options=dict(SAFE_OPTIONS), metadata_errors="ignore")
     except Exception as exc:  # av.error.InvalidDataError, PermissionError, ...
-        raise InputError(field, f"{field} is not a readable audio file ({_short(exc)})",
+        log.info("cannot open %s as audio: %s", field, exc)
+        raise InputError(field, f"{field} is not an audio file we can read (supported: {SUPPORTED})",
                          code="unsupported_media") from None
 
 
@@ -59,22 +73,27 @@ def probe(path: Path | str, field: str = "song") -> AudioInfo:
         ctx = st.codec_context
         rate = int(ctx.sample_rate or st.rate or 0)
         channels = int(getattr(ctx, "channels", 0) or (ctx.layout.nb_channels if ctx.layout else 0))
-        if st.duration is not None and st.time_base is not None:
-            duration = float(st.duration * st.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000.0
-        else:
-            duration = 0.0
+        duration = _header_seconds(container, st)
         return AudioInfo(container.format.name, ctx.name, rate, channels, duration)
     finally:
         container.close()
 
 
+def _header_seconds(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000.0
+    return 0.0
+
+
 def decode(path: Path | str, field: str = "song", *, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 ``(channels, samples)`` at its own rate.
 
-    Raises :class:`InputError` for anything that is not decodable audio, and stops
-    early (with an error) once more than ``max_seconds`` have been decoded.
+    Raises :class:`InputError` for anything that is not decodable audio (``unsupported_media``),
+    an empty file or stream (``empty_audio``), a file that stops well before the length its
+    header declares or fails mid-stream (``corrupt_audio``), and stops early once more than
+    ``max_seconds`` have been decoded (``too_long``).
     """
     import av
     container = _open(path, field)
@@ -85,11 +104,12 @@ def decode(path: Path | str, field: str = "song", *, max_seconds: float | None =
         stream = streams[0]
         rate = int(stream.codec_context.sample_rate or 0)
         if rate <= 0:
-            raise InputError(field, f"{field} declares no sample rate")
+            raise InputError(field, f"{field} declares no sample rate", code="unsupported_media")
+        header = _header_seconds(container, stream)
         resampler = av.AudioResampler(format="fltp", layout=None, rate=None)
         chunks: list[np.ndarray] = []
         total = 0
-        limit = int(max_seconds * rate) + rate if max_seconds else None
+        limit = int(max_seconds * rate) + 1 if max_seconds else None
         try:
             for frame in container.decode(stream):
                 for f in resampler.resample(frame):
@@ -97,21 +117,74 @@ def decode(path: Path | str, field: str = "song", *, max_seconds: float | None =
                     chunks.append(arr.astype(np.float32, copy=False))
                     total += arr.shape[1]
                 if limit is not None and total > limit:
-                    raise InputError(field, f"{field} is longer than the limit of {max_seconds:.0f} s",
+                    raise InputError(field, f"{field} is longer than the limit of {max_seconds:g} s",
                                      code="too_long")
+            for f in resampler.resample(None):
+                arr = f.to_ndarray()
+                chunks.append(arr.astype(np.float32, copy=False))
+                total += arr.shape[1]
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(field, f"{field} is corrupt or truncated ({_short(exc)})",
-                             code="corrupt_audio") from None
+            log.info("decoding %s failed after %d samples: %s", field, total, exc)
+            raise InputError(field, f"{field} is corrupt or truncated: decoding failed after "
+                                    f"{total / rate:.1f} s", code="corrupt_audio") from None
         if total == 0:
             raise InputError(field, f"{field} contains no audio samples (zero length)", code="empty_audio")
-        audio = np.concatenate(chunks, axis=1)
+        got = total / rate
+        fmt = container.format.name
+        if fmt == "wav":
+            header = max(header, _riff_declared_seconds(path) or 0.0)
+        if header > 0 and got < 0.95 * header - 0.25:
+            raise InputError(field, f"{field} is truncated: its header declares {header:.1f} s but only "
+                                    f"{got:.1f} s could be decoded", code="corrupt_audio")
+        if limit is not None and total > limit:
+            raise InputError(field, f"{field} is longer than the limit of {max_seconds:g} s", code="too_long")
+        audio = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+        chunks.clear()
+        # AAC/Opus/Vorbis decoders emit the encoder's padding at the end; the container
+        # header holds the true length (the start is already trimmed by FFmpeg).
+        if header > 0 and any(k in fmt for k in ("mp4", "ogg", "matroska")):
+            want = int(round(header * rate))
+            if want < total <= want + int(0.2 * rate):
+                audio = audio[:, :want]
         if not np.all(np.isfinite(audio)):
             audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
-        return audio, rate
+        return np.ascontiguousarray(audio), rate
     finally:
         container.close()
+
+
+def _riff_declared_seconds(path: Path | str) -> float | None:
+    """Length a RIFF/WAVE header declares (from its ``data`` chunk size), or None.
+
+    FFmpeg quietly decodes what is there when a WAV file was cut short; the header tells
+    how long it should have been."""
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = byte_rate = 0
+            while True:
+                ch = fh.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    body = fh.read(size + (size & 1))
+                    if len(body) < 16:
+                        return None
+                    byte_rate, block_align = struct.unpack("<IH", body[8:14])
+                elif cid == b"data":
+                    if size in (0, 0xFFFFFFFF) or byte_rate <= 0:
+                        return None          # streaming writer: size unknown
+                    return size / byte_rate
+                else:
+                    fh.seek(size + (size & 1), 1)
+    except OSError:
+        return None
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ") -> np.ndarray:

@@ -66,8 +66,11 @@ class Pipeline:
         warnings: list[str] = []
         timings: dict[str, float] = {}
         engines: dict[str, Any] = {}
+        stage_info: dict[str, Any] = {}
         report: dict[str, Any] = {"inference_version": __version__, "device": self.device,
-                                  "parameters": cfg.as_dict(), "timings": timings, "engines": engines}
+                                  "parameters": cfg.as_dict(), "timings": timings, "engines": engines,
+                                  "stages": stage_info}
+        t_start = time.perf_counter()
         state: dict[str, Any] = {}
 
         def stage(name: str, fn) -> Any:
@@ -97,7 +100,10 @@ class Pipeline:
             dt = time.perf_counter() - t0
             timings[name] = round(dt, 4)
             if ctx.info:
-                engines[name] = ctx.info
+                stage_info[name] = ctx.info
+                if name in ("separate", "infer") and "name" in ctx.info:
+                    engines["separator" if name == "separate" else "converter"] = {
+                        k: ctx.info[k] for k in ("name", "version", "skipped") if k in ctx.info}
             self._emit(PipelineEvent("stage_finished", name, 1.0, overall_fraction(name, 1.0), seconds=dt,
                                      cached=bool(ctx.info.get("cached"))))
             return out
@@ -112,6 +118,13 @@ class Pipeline:
         finally:
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
         result.warnings = warnings
+        total = time.perf_counter() - t_start
+        report["total_seconds"] = round(total, 4)
+        dur = (report.get("input") or {}).get("duration") or 0
+        report["real_time_factor"] = round(total / dur, 4) if dur else None
+        report["warnings"] = warnings
+        if "report" in result.artifacts:
+            write_report(result.artifacts["report"], report)
         return result
 
 

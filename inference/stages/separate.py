@@ -1,0 +1,96 @@
+"""Stage 2: split the song into a vocal stem and an instrumental stem with the separator engine.
+
+Writes ``vocals.wav`` and ``instrumental.wav`` (work rate, the song's channels). A near-silent
+vocal stem is not an error: the song may have no singing; the job goes on with a warning.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import audio, loudness
+from ..config import PipelineConfig
+from ..context import StageContext
+from ..errors import Canceled, PipelineError
+from ..registry import get_engine
+from .preprocess import Preprocessed
+
+log = logging.getLogger("inference.separate")
+
+# The vocal stem counts as empty when it is this far below the song (or absolutely quiet).
+NO_VOCALS_RELATIVE_DB = -30.0
+NO_VOCALS_ABSOLUTE_DB = -60.0
+
+
+@dataclass
+class Separated:
+    vocals: np.ndarray          # (channels, samples), work rate
+    instrumental: np.ndarray    # (channels, samples), work rate
+    sr: int
+    has_vocals: bool
+    vocals_path: Path
+    instrumental_path: Path
+
+
+def load_engine(kind: str, name: str, cfg: PipelineConfig, stage: str):
+    try:
+        return get_engine(kind, name, **cfg.engine_options.get(name, {}))
+    except KeyError as exc:
+        raise PipelineError(stage, str(exc).strip("'\""), code="unknown_engine") from None
+    except PipelineError:
+        raise
+    except Exception as exc:
+        log.exception("loading %s engine %s failed", kind, name)
+        raise PipelineError(stage, f"could not load the {kind} engine {name!r} "
+                                   f"({exc.__class__.__name__}: {str(exc)[:200]})", code="engine_error") from None
+
+
+def engine_facts(engine, name: str) -> dict:
+    return {"name": getattr(engine, "name", name), "version": str(getattr(engine, "version", "unknown"))}
+
+
+def _fit(x: np.ndarray, channels: int, n: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.shape[0] != channels:
+        x = np.repeat(x.mean(axis=0, keepdims=True), channels, axis=0)
+    if x.shape[1] < n:
+        x = np.pad(x, ((0, 0), (0, n - x.shape[1])))
+    return np.ascontiguousarray(x[:, :n])
+
+
+def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext) -> Separated:
+    engine = load_engine("separator", cfg.separator, cfg, ctx.stage)
+    ctx.info.update(engine_facts(engine, cfg.separator))
+    ctx.progress(0.0, f"separating with {cfg.separator}")
+    try:
+        vocals, inst = engine.separate(pre.song, pre.sr, ctx)
+    except (PipelineError, Canceled):
+        raise
+    except Exception as exc:
+        log.exception("separator %s failed", cfg.separator)
+        raise PipelineError(ctx.stage, f"the separator {cfg.separator!r} failed "
+                                       f"({exc.__class__.__name__}: {str(exc)[:200]})", code="engine_error") from None
+    ch, n = pre.song.shape
+    vocals, inst = _fit(vocals, ch, n), _fit(inst, ch, n)
+    if not (np.all(np.isfinite(vocals)) and np.all(np.isfinite(inst))):
+        raise PipelineError(ctx.stage, f"the separator {cfg.separator!r} returned invalid samples (NaN/inf)",
+                            code="engine_error")
+    ctx.check_cancel()
+    song_db = loudness.rms_db(pre.song)
+    voc_db = loudness.rms_db(vocals)
+    has_vocals = voc_db > max(NO_VOCALS_ABSOLUTE_DB, song_db + NO_VOCALS_RELATIVE_DB)
+    if not has_vocals:
+        ctx.warn(f"no vocals detected in the song (the vocal stem is {song_db - voc_db:.0f} dB below the song); "
+                 "the cover is the instrumental only")
+    ctx.info.update({"vocal_level_db": round(voc_db, 2), "song_level_db": round(song_db, 2),
+                     "has_vocals": bool(has_vocals)})
+    vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
+    ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
+    ctx.progress(1.0)
+    return Separated(vocals=vocals, instrumental=inst, sr=pre.sr, has_vocals=bool(has_vocals),
+                     vocals_path=vp, instrumental_path=ip)
