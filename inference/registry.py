@@ -47,7 +47,7 @@ def _key(options: dict) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
-def get_engine(kind: str, name: str, **options: Any) -> Any:
+def get_engine(kind: str, name: str, /, **options: Any) -> Any:
     """The process-wide instance of engine ``name`` built with ``options``."""
     _ensure_builtin()
     try:
