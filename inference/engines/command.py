@@ -12,7 +12,8 @@ Separator template placeholders: ``{python_exec} {project_root} {song_input} {vo
 
 Converter template placeholders: ``{python_exec} {project_root} {reference_voice}
 {input_vocal} {output_vocal} {model_id} {pitch_shift}`` and optionally ``{reference_text}``
-and ``{target_text}`` (empty string when unknown). When the template lacks those two, the
+and ``{target_text}`` (empty string when unknown), and ``{gpt_weights}`` / ``{sovits_weights}``
+(the model's weights found under ``project_root`` by :func:`inference.models.resolve_gpt_sovits_model`). When the template lacks those two, the
 texts are passed in the environment as ``COVER_REFERENCE_TEXT`` / ``COVER_TARGET_TEXT``
 (always set; empty when unknown). Missing texts are transcribed first when the converter
 has ``asr`` options (``{"model_path": ...}``, see :mod:`inference.engines.asr`).
@@ -340,6 +341,10 @@ class GptSovitsCommandConverter:
                   "reference_voice": ref_in, "input_vocal": vocal_in, "output_vocal": vocal_out,
                   "model_id": params.model_id or "", "pitch_shift": f"{float(params.pitch_shift):g}",
                   "reference_text": ref_text, "target_text": tgt_text}
+        if "gpt_weights" in names or "sovits_weights" in names:
+            from ..models import resolve_gpt_sovits_model
+            m = resolve_gpt_sovits_model(self.project_root, params.model_id)
+            values.update(gpt_weights=m.gpt_weights, sovits_weights=m.sovits_weights)
         env = dict(self.env)
         if "reference_text" not in names or "target_text" not in names:
             env["COVER_REFERENCE_TEXT"] = ref_text

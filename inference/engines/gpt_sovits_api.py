@@ -104,6 +104,7 @@ class GptSovitsApiConverter:
                     raise PipelineError(ctx.stage, f"GPT-SoVITS API {endpoint} timed out after "
                                         f"{self.timeout:g} s", code="timeout") from None
             except requests.ConnectionError as exc:
+                self.loaded = {"gpt": None, "sovits": None}  # it may come back restarted, with defaults
                 raise PipelineError(ctx.stage, f"GPT-SoVITS API at {self.base_url} is unreachable: "
                                     f"{_reason(exc)}", code="engine_unreachable", transient=True) from None
             except requests.Timeout:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,14 +17,14 @@ from inference.engines.asr import FasterWhisperASR, fill_texts, get_asr, speech_
 from inference.engines.base import ConversionParams
 from inference.errors import PipelineError
 from tests import signals
-from tests.inference.tiny_whisper import build_tiny_whisper
+from tests.inference.tiny_whisper import session_tiny_whisper
 
 ESPEAK = shutil.which("espeak-ng")
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny-whisper")
+    return session_tiny_whisper(tmp_path_factory)
 
 
 @pytest.fixture()

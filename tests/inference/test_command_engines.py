@@ -259,3 +259,50 @@ def test_template_from_environment(tmp_path, project, monkeypatch):
     with pytest.raises(PipelineError) as ei:
         conv.convert(np.zeros(100, np.float32), SR, np.zeros(100, np.float32), SR, ConversionParams(), ctx)
     assert ei.value.code == "config_error" and "no command template" in ei.value.message
+
+
+def test_converter_weights_placeholders_resolved_from_project_root(tmp_path, project):
+    d = project / "trained" / "kim"
+    d.mkdir(parents=True)
+    (d / "kim-e10.ckpt").write_bytes(b"g")
+    (d / "kim_e8_s80.pth").write_bytes(b"s")
+    tpl = ("{python_exec} -c \"import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); "
+           "open(sys.argv[2] + '.w', 'w').write(sys.argv[3] + '|' + sys.argv[4])\" "
+           "{input_vocal} {output_vocal} {gpt_weights} {sovits_weights}")
+    conv = GptSovitsCommandConverter(template=tpl, project_root=str(project))
+    ctx, _ = make_ctx(tmp_path, "infer")
+    vocal = signals.noise(0.3, SR)
+    out = conv.convert(vocal, SR, vocal, SR, ConversionParams(model_id="kim"), ctx)
+    assert np.allclose(out, vocal, atol=1e-6)
+    w = next((tmp_path / "work" / "tmp").glob("convert-*/output_vocal.wav.w")).read_text()
+    assert w == f"{(d / 'kim-e10.ckpt').resolve()}|{(d / 'kim_e8_s80.pth').resolve()}"
+    with pytest.raises(PipelineError) as ei:
+        conv.convert(vocal, SR, vocal, SR, ConversionParams(model_id="nobody"), ctx)
+    assert ei.value.code == "model_not_found"
+
+
+def test_pipeline_end_to_end_with_command_engines(tmp_path, project):
+    from inference.config import PipelineConfig
+    from inference.pipeline import Pipeline
+
+    mix, _v, _i, _f0 = signals.song(3.0, SR)
+    song = signals.write(tmp_path / "song.wav", mix, SR)
+    ref = signals.write(tmp_path / "ref.wav", signals.reference_voice(4.0, SR), SR)
+    cfg = PipelineConfig(separator="command", converter="gpt-sovits-command", pitch_shift=3.0,
+                         work_sample_rate=SR, target_text="la la",
+                         engine_options={"command": {"template": SEP_TEMPLATE, "project_root": str(project)},
+                                         "gpt-sovits-command": {"template": INFER_TEMPLATE,
+                                                                "project_root": str(project)}})
+    events = []
+    result = Pipeline(cfg, on_event=events.append).run(song, ref, tmp_path / "job")
+    assert result.cover.is_file()
+    cover, csr = sf_read(result.cover)
+    assert cover.shape[0] == int(3.0 * SR) and np.all(np.isfinite(cover))
+    assert [e.stage for e in events if e.type == "stage_finished"] == ["preprocess", "separate", "infer", "mix",
+                                                                      "finalize"]
+    assert not (tmp_path / "job" / "tmp").exists()  # scratch files are removed
+
+
+def sf_read(path):
+    import soundfile as sf
+    return sf.read(str(path), dtype="float32")

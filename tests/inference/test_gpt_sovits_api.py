@@ -229,9 +229,9 @@ def test_missing_texts_without_asr_is_a_clear_error(api, tmp_path):
     assert api.calls == []
 
 
-def test_texts_transcribed_with_asr(api, tmp_path):
-    from tests.inference.tiny_whisper import build_tiny_whisper
-    model = build_tiny_whisper(tmp_path / "tiny-whisper")
+def test_texts_transcribed_with_asr(api, tmp_path, tmp_path_factory):
+    from tests.inference.tiny_whisper import session_tiny_whisper
+    model = session_tiny_whisper(tmp_path_factory)
     conv = GptSovitsApiConverter(base_url=api.url, asr={"model_path": str(model), "beam_size": 1,
                                                         "max_new_tokens": 8})
     sr = 16000

@@ -87,5 +87,10 @@ def build_tiny_whisper(out_dir: Path | str, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def session_tiny_whisper(tmp_path_factory) -> Path:
+    """One tiny model per pytest session (pass pytest's ``tmp_path_factory``)."""
+    return build_tiny_whisper(tmp_path_factory.getbasetemp() / "tiny-whisper-shared")
+
+
 if __name__ == "__main__":
     print(build_tiny_whisper(sys.argv[1] if len(sys.argv) > 1 else "tiny-whisper"))
