@@ -5,3 +5,6 @@ class CoversConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "covers"
     verbose_name = "Song covers"
+
+    def ready(self) -> None:
+        from . import schema  # noqa: F401  (registers the OpenAPI auth extensions)

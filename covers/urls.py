@@ -1,1 +1,13 @@
-urlpatterns: list = []
+from django.urls import path
+
+from . import apis
+
+app_name = "covers"
+
+urlpatterns = [
+    path("jobs", apis.CoverJobsEndpoint.as_view(), name="jobs"),
+    path("jobs/<str:job_id>", apis.CoverJobEndpoint.as_view(), name="job-detail"),
+    path("jobs/<str:job_id>/result", apis.CoverJobResultApi.as_view(), name="job-result"),
+    path("jobs/<str:job_id>/artifacts/<str:name>", apis.CoverJobArtifactApi.as_view(), name="job-artifact"),
+    path("jobs/<str:job_id>/cancel", apis.CoverJobCancelApi.as_view(), name="job-cancel"),
+]

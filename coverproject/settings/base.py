@@ -142,6 +142,7 @@ COVER_CONVERTER = env("COVER_CONVERTER", default="world")
 COVER_DEVICE = env("COVER_DEVICE", default="")  # "" = CUDA when present, else CPU
 GPT_SOVITS_PYTHON = env("GPT_SOVITS_PYTHON", default="")
 GPT_SOVITS_PROJECT_ROOT = env("GPT_SOVITS_PROJECT_ROOT", default="")
+GPT_SOVITS_API_URL = env("GPT_SOVITS_API_URL", default="")  # e.g. http://127.0.0.1:9880 (api_v2.py)
 COVER_UVR_MODEL = env("COVER_UVR_MODEL", default="")
 COVER_SEPARATE_CMD_TEMPLATE = env("COVER_SEPARATE_CMD_TEMPLATE", default="")
 COVER_INFER_CMD_TEMPLATE = env("COVER_INFER_CMD_TEMPLATE", default="")
@@ -188,9 +189,6 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "APPEND_COMPONENTS": {"securitySchemes": {
-        "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
-    "SECURITY": [{"ApiKeyAuth": []}],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -1,10 +1,12 @@
 """pytest settings: a separate Redis DB, media in a temp folder (tests override it), fast hashing."""
+import os
+from pathlib import Path
+
 from .base import *  # noqa: F401,F403
-from .base import COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, VAR_DIR, env
+from .base import COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, DATABASES, VAR_DIR, env
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# Tests never touch DB 0; each test flushes this DB.
 # Only TEST_REDIS_URL is read (never REDIS_URL): tests flush this DB.
 REDIS_URL = env("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
 RQ_QUEUES = {
@@ -17,6 +19,12 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "asgitest"},
     },
 }
-MEDIA_ROOT = VAR_DIR / "test-media"
-COVER_WORK_ROOT = VAR_DIR / "test-work"
+MEDIA_ROOT = Path(env("COVER_MEDIA_ROOT", default=str(VAR_DIR / "test-media")))
+COVER_WORK_ROOT = Path(env("COVER_WORK_ROOT", default=str(VAR_DIR / "test-work")))
+# The test database must be visible to the end-to-end test's daphne and worker subprocesses:
+# SQLite gets a file (per pytest process, so parallel runs don't collide), PostgreSQL a named DB.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": env("TEST_DB_NAME", default=str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": env("TEST_DB_NAME", default=f"test_{DATABASES['default']['NAME']}")}
 COVER_KEY_LAST_USED_INTERVAL = 0

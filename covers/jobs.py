@@ -1,0 +1,269 @@
+"""The RQ job: the one place Django and the inference package meet.
+
+``run_cover_job(job_id, attempt)`` loads the row, moves it queued -> running, runs
+``inference.Pipeline`` with a config built from settings and the job's parameters, reports
+stage/progress through services (throttled), stores the artifacts through Django storage and
+ends the row succeeded / failed (a message naming the stage and cause, never a traceback) /
+canceled. It catches everything: RQ sees a failure only for a dead worker (abandoned job).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from . import services
+from .models import CoverJob
+from .queue import cancel_flag_key, redis_connection
+
+log = logging.getLogger(__name__)
+S = CoverJob.Status
+
+# engine name -> {constructor argument: settings name}; passed only when set and accepted.
+_ENGINE_SETTINGS = {
+    ("separator", "command"): {"template": "COVER_SEPARATE_CMD_TEMPLATE", "python_exec": "GPT_SOVITS_PYTHON",
+                               "project_root": "GPT_SOVITS_PROJECT_ROOT", "uvr_model": "COVER_UVR_MODEL",
+                               "timeout": "COVER_JOB_TIMEOUT"},
+    ("converter", "gpt-sovits-command"): {"template": "COVER_INFER_CMD_TEMPLATE",
+                                          "python_exec": "GPT_SOVITS_PYTHON",
+                                          "project_root": "GPT_SOVITS_PROJECT_ROOT",
+                                          "timeout": "COVER_JOB_TIMEOUT"},
+    ("converter", "gpt-sovits-api"): {"base_url": "GPT_SOVITS_API_URL", "project_root": "GPT_SOVITS_PROJECT_ROOT"},
+}
+
+
+def _engine_options(kind: str, name: str) -> dict:
+    mapping = _ENGINE_SETTINGS.get((kind, name))
+    if not mapping:
+        return {}
+    try:
+        from inference import registry
+        registry._ensure_builtin()
+        factory = registry._FACTORIES[(kind, name)]
+        params = inspect.signature(factory).parameters
+        accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    except Exception:
+        return {}
+    out = {}
+    for arg, setting in mapping.items():
+        value = getattr(settings, setting, "")
+        if value and (accepts_any or arg in params) and arg not in out:
+            out[arg] = value
+    return out
+
+
+def build_pipeline_config(job: CoverJob):
+    from inference import Limits, PipelineConfig
+
+    p = job.parameters or {}
+    separator = p.get("separator") or settings.COVER_SEPARATOR
+    converter = p.get("converter") or settings.COVER_CONVERTER
+    max_song = settings.COVER_MAX_SONG_SECONDS
+    if job.owner_id and job.owner and job.owner.max_song_seconds:
+        max_song = min(max_song, job.owner.max_song_seconds)
+    engine_options = {}
+    for kind, name in (("separator", separator), ("converter", converter)):
+        opts = _engine_options(kind, name)
+        if opts:
+            engine_options[name] = opts
+    return PipelineConfig(
+        separator=separator, converter=converter,
+        pitch_shift=float(p.get("pitch_shift") or 0.0), auto_pitch=bool(p.get("auto_pitch")),
+        model_id=p.get("model_id") or None,
+        reference_text=p.get("reference_text") or None, target_text=p.get("target_text") or None,
+        limits=Limits(max_song_seconds=max_song, min_reference_seconds=settings.COVER_MIN_REFERENCE_SECONDS,
+                      max_reference_seconds=settings.COVER_MAX_REFERENCE_SECONDS,
+                      min_sample_rate=settings.COVER_MIN_SAMPLE_RATE,
+                      max_sample_rate=settings.COVER_MAX_SAMPLE_RATE, max_channels=settings.COVER_MAX_CHANNELS),
+        engine_options=engine_options, device=settings.COVER_DEVICE or None,
+    )
+
+
+class _Reporter:
+    """Pipeline events -> throttled DB writes (+ notifications); cooperative cancel checks."""
+
+    def __init__(self, job: CoverJob):
+        self.job = job
+        self.timings: dict[str, float] = {}
+        self.stopped = False          # the row is no longer ours to run (canceled, failed, deleted)
+        self._last_check = 0.0
+        self.stage = CoverJob.Stage.PREPROCESS
+
+    def on_event(self, ev) -> None:
+        if self.stopped:
+            return
+        self.stage = ev.stage
+        if ev.type == "stage_finished" and ev.seconds is not None:
+            self.timings[ev.stage] = round(float(ev.seconds), 3)
+            ok = services.cover_job_progress(job=self.job, stage=ev.stage, progress=ev.overall * 100,
+                                             timings=dict(self.timings))
+        else:
+            ok = services.cover_job_progress(job=self.job, stage=ev.stage, progress=ev.overall * 100,
+                                             force=ev.type == "stage_started")
+        if not ok:
+            self.stopped = True
+
+    def should_cancel(self) -> bool:
+        if self.stopped:
+            return True
+        now = time.monotonic()
+        if now - self._last_check < settings.COVER_CANCEL_POLL_SECONDS:
+            return False
+        self._last_check = now
+        try:
+            if redis_connection().exists(cancel_flag_key(self.job.id)):
+                self.stopped = True
+                return True
+        except Exception:
+            pass  # Redis hiccup: the DB below is the truth anyway
+        status = CoverJob.objects.filter(pk=self.job.id, attempt=self.job.attempt).values_list(
+            "status", flat=True).first()
+        if status != S.RUNNING:
+            self.stopped = True
+        return self.stopped
+
+
+def _local_input(field_file, dest: Path) -> Path:
+    try:
+        return Path(field_file.path)  # local storage: no copy
+    except (NotImplementedError, AttributeError):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with field_file.open("rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+        return dest
+
+
+def _current_worker_name() -> str:
+    try:
+        from rq import get_current_job
+        from rq.worker import Worker  # noqa: F401
+        job = get_current_job()
+        return (job.worker_name or "") if job is not None else ""
+    except Exception:
+        return ""
+
+
+def run_cover_job(job_id: str, attempt: int = 1) -> str:
+    """RQ entry point. Returns the final status (RQ stores it as the job's result)."""
+    close_old_connections()
+    try:
+        return _run(job_id, int(attempt))
+    finally:
+        close_old_connections()
+
+
+def _run(job_id: str, attempt: int) -> str:
+    from inference.errors import Canceled, InputError, PipelineError
+    from rq.timeouts import JobTimeoutException
+
+    job = services.cover_job_start(job_id=job_id, attempt=attempt, worker_name=_current_worker_name())
+    if job is None:
+        current = CoverJob.objects.filter(pk=job_id).values_list("status", "attempt").first()
+        log.info("job %s attempt %s not started (row: %s)", job_id, attempt, current)
+        return current[0] if current else "deleted"
+    workdir = Path(settings.COVER_WORK_ROOT) / f"{job.id}-{attempt}"
+    reporter = _Reporter(job)
+    stored: list[tuple[str, str]] = []  # (field, storage name) saved for this attempt
+    try:
+        from inference import Pipeline
+
+        song = _local_input(job.song, workdir / "input" / Path(job.song.name).name)
+        ref = _local_input(job.reference_voice, workdir / "input" / Path(job.reference_voice.name).name)
+        config = build_pipeline_config(job)
+        pipeline = Pipeline(config, on_event=reporter.on_event, should_cancel=reporter.should_cancel)
+        result = pipeline.run(song, ref, workdir / "run")
+        reporter._last_check = 0.0
+        if reporter.should_cancel():
+            raise Canceled(reporter.stage)
+        fields = {}
+        for field, artifact in (("result", "cover"), ("vocals", "vocals"), ("instrumental", "instrumental"),
+                                ("converted_vocals", "converted_vocals")):
+            path = result.artifacts.get(artifact)
+            if path is None or not Path(path).is_file():
+                if field == "result":
+                    raise PipelineError("finalize", "the pipeline produced no cover file", code="no_output")
+                continue
+            name = services.cover_job_store_file(job=job, field=field, path=path, name=f"{artifact}.wav")
+            stored.append((field, name))
+            fields[field] = name
+        report = dict(result.report or {})
+        if result.warnings:
+            report["warnings"] = list(result.warnings)
+        timings = dict(report.get("timings") or reporter.timings)
+        done = services.cover_job_transition(job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report,
+                                             timings=timings, stage=CoverJob.Stage.FINALIZE, **fields)
+        if done is None:  # canceled/failed/deleted meanwhile: no result for it
+            _discard(job, stored)
+            return _status_of(job_id)
+        return S.SUCCEEDED
+    except Canceled:
+        _discard(job, stored)
+        # Normally the API already set canceled; this covers a cancel seen only through Redis.
+        services.cover_job_transition(job_id=job.id, to=S.CANCELED, attempt=attempt)
+        return _status_of(job_id)
+    except InputError as exc:
+        _discard(job, stored)
+        services.cover_job_fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
+                                message=_describe(exc.stage or reporter.stage, exc.message))
+        return _status_of(job_id)
+    except PipelineError as exc:
+        _discard(job, stored)
+        services.cover_job_fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
+                                message=_describe(exc.stage or reporter.stage, exc.message))
+        return _status_of(job_id)
+    except JobTimeoutException:
+        _discard(job, stored)
+        services.cover_job_fail(job_id=job.id, attempt=attempt, code="timeout", stage=reporter.stage,
+                                message=_describe(reporter.stage, f"the job took longer than the limit of "
+                                                                  f"{settings.COVER_JOB_TIMEOUT} s"))
+        return _status_of(job_id)
+    except Exception as exc:  # a bug: log the traceback, show the user a one-line cause
+        log.exception("cover job %s failed", job_id)
+        _discard(job, stored)
+        services.cover_job_fail(job_id=job.id, attempt=attempt, code="internal_error", stage=reporter.stage,
+                                message=_describe(reporter.stage, f"internal error ({exc.__class__.__name__}: "
+                                                                  f"{str(exc)[:200]})"))
+        return _status_of(job_id)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _describe(stage: str | None, message: str) -> str:
+    message = (message or "").strip() or "unknown error"
+    if stage and not message.startswith(f"{stage}:"):
+        return f"{stage}: {message}"
+    return message
+
+
+def _status_of(job_id) -> str:
+    return CoverJob.objects.filter(pk=job_id).values_list("status", flat=True).first() or "deleted"
+
+
+def _discard(job: CoverJob, stored: list[tuple[str, str]]) -> None:
+    for field, name in stored:
+        try:
+            getattr(job, field).storage.delete(name)
+        except Exception as exc:
+            log.warning("could not delete %s of job %s: %s", name, job.id, exc)
+
+
+def on_rq_failure(rq_job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: the job function itself catches everything, so this runs for an
+    abandoned job (its worker died) or a crash outside the pipeline. Fails the row."""
+    try:
+        job_id, attempt = (list(rq_job.args) + [1])[:2]
+        stage = CoverJob.objects.filter(pk=job_id).values_list("stage", flat=True).first() or "preprocess"
+        if exc_type is not None and exc_type.__name__ == "AbandonedJobError":
+            message = f"{stage}: the worker running this job stopped (killed or out of memory); please submit it again"
+            code = "worker_lost"
+        else:
+            message = f"{stage}: the worker failed ({getattr(exc_type, '__name__', 'error')}: {str(exc_value)[:200]})"
+            code = "worker_error"
+        services.cover_job_fail(job_id=job_id, attempt=int(attempt), code=code, message=message)
+    except Exception:
+        log.exception("on_rq_failure for %s", getattr(rq_job, "id", "?"))

@@ -1,0 +1,42 @@
+"""Reads, always scoped to the caller: a key sees only its own jobs; a session user sees the jobs
+they created and those of the keys they own. Others' jobs are indistinguishable from unknown ones."""
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Q, QuerySet
+
+from .errors import InvalidParameter, NotFound
+from .models import CoverJob
+
+
+def cover_job_visible(*, caller) -> QuerySet[CoverJob]:
+    qs = CoverJob.objects.select_related("owner")
+    if caller.api_key is not None:
+        return qs.filter(owner=caller.api_key)
+    user = caller.user
+    if user is not None and getattr(user, "is_authenticated", False):
+        return qs.filter(Q(user=user) | Q(owner__owner=user))
+    return qs.none()
+
+
+def cover_job_list(*, caller, status: str | None = None) -> QuerySet[CoverJob]:
+    qs = cover_job_visible(caller=caller)
+    if status:
+        wanted = [s.strip() for s in status.split(",") if s.strip()]
+        bad = [s for s in wanted if s not in CoverJob.Status.values]
+        if bad:
+            raise InvalidParameter(f"status must be one of {', '.join(CoverJob.Status.values)}", field="status")
+        qs = qs.filter(status__in=wanted)
+    return qs.order_by("-created_at", "-id")
+
+
+def cover_job_get(*, job_id, caller) -> CoverJob:
+    try:
+        uid = uuid.UUID(str(job_id))
+    except ValueError:
+        raise NotFound("No such job.", field="job_id") from None
+    job = cover_job_visible(caller=caller).filter(pk=uid).first()
+    if job is None:
+        raise NotFound("No such job.", field="job_id")
+    return job

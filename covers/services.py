@@ -1,0 +1,361 @@
+"""Writes. Every rule about cover jobs lives here (and in selectors for reads).
+
+All status/stage changes go through :func:`cover_job_transition` (status) or
+:func:`cover_job_progress` (stage/progress of a running job): single conditional UPDATEs
+whose WHERE clause holds the legal source states, so two racing writers (a cancel and a
+finishing worker) cannot both win, and a terminal state is final.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import notifications
+from .errors import Conflict, LimitExceeded, QueueUnavailable
+from .models import CoverJob
+from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, redis_connection
+from .uploads import UploadLimits, inspect_upload, storage_name
+
+log = logging.getLogger(__name__)
+
+S = CoverJob.Status
+# to-status -> the statuses it may come from. Terminal statuses appear on no right-hand side.
+LEGAL_FROM: dict[str, tuple[str, ...]] = {
+    S.RUNNING: (S.QUEUED,),
+    S.SUCCEEDED: (S.RUNNING,),
+    S.FAILED: (S.QUEUED, S.RUNNING),
+    S.CANCELED: (S.QUEUED, S.RUNNING),
+}
+FILE_FIELDS = ("song", "reference_voice", "result", "vocals", "instrumental", "converted_vocals")
+MAX_ENQUEUE_ATTEMPTS = 3
+
+
+# --------------------------------------------------------------------------------------------
+# the state machine
+# --------------------------------------------------------------------------------------------
+def cover_job_transition(*, job_id, to: str, attempt: int | None = None, **fields) -> CoverJob | None:
+    """Move job ``job_id`` to status ``to`` if (and only if) that is legal from its current status.
+
+    One conditional UPDATE; ``attempt`` (worker calls) also requires the row to still belong to
+    that attempt. ``fields`` are written in the same UPDATE (a result only ever arrives together
+    with ``succeeded``). Returns the updated job, or None when the change was not legal
+    (already terminal, raced, deleted). Sends the notification after commit.
+    """
+    if to not in LEGAL_FROM:
+        raise ValueError(f"no transition into {to!r}")
+    now = timezone.now()
+    values = dict(fields)
+    values["status"] = to
+    values["updated_at"] = now
+    if to == S.RUNNING:
+        values.setdefault("started_at", now)
+        values.setdefault("heartbeat_at", now)
+    if to in CoverJob.TERMINAL:
+        values.setdefault("finished_at", now)
+        values.setdefault("expires_at", now + timedelta(hours=settings.COVER_RESULT_TTL_HOURS))
+    if to == S.SUCCEEDED:
+        values.setdefault("progress", 100)
+    else:
+        for name in ("result",):  # never a result outside succeeded (also a DB check constraint)
+            values.pop(name, None)
+    qs = CoverJob.objects.filter(pk=job_id, status__in=LEGAL_FROM[to])
+    if attempt is not None:
+        qs = qs.filter(attempt=attempt)
+    if qs.update(**values) != 1:
+        return None
+    job = CoverJob.objects.select_related("owner").get(pk=job_id)
+    notifications.notify_job_changed(job)
+    if to in CoverJob.TERMINAL:
+        _forget_throttle(job_id)
+    return job
+
+
+_last_progress: dict[str, tuple[float, str]] = {}
+_throttle_lock = threading.Lock()
+
+
+def _forget_throttle(job_id) -> None:
+    with _throttle_lock:
+        _last_progress.pop(str(job_id), None)
+
+
+def cover_job_progress(*, job: CoverJob, stage: str, progress: float, timings: dict | None = None,
+                       force: bool = False) -> bool:
+    """Record the stage and overall progress (0..100) of a running job.
+
+    Throttled to one write per COVER_PROGRESS_MIN_INTERVAL seconds per job; a stage change,
+    new timings or ``force`` always write. Returns False when the job is no longer running
+    for this attempt (canceled, failed by the reconciler, deleted): the worker should stop.
+    """
+    if stage not in CoverJob.Stage.values:
+        raise ValueError(f"unknown stage {stage!r}")
+    pct = max(0, min(100, int(progress)))
+    key = str(job.id)
+    now_m = time.monotonic()
+    with _throttle_lock:
+        last = _last_progress.get(key)
+        if (not force and timings is None and last is not None and last[1] == stage
+                and now_m - last[0] < settings.COVER_PROGRESS_MIN_INTERVAL):
+            return True
+        _last_progress[key] = (now_m, stage)
+    now = timezone.now()
+    values = {"stage": stage, "progress": pct, "heartbeat_at": now, "updated_at": now}
+    if timings is not None:
+        values["timings"] = timings
+    changed = CoverJob.objects.filter(pk=job.id, status=S.RUNNING, attempt=job.attempt).update(**values)
+    if changed != 1:
+        return False
+    job.stage, job.progress = stage, pct
+    if timings is not None:
+        job.timings = timings
+    notifications.notify_job_changed(job)
+    return True
+
+
+def cover_job_heartbeat(*, job_id, attempt: int) -> bool:
+    """The worker is alive and still running this attempt (no notification: nothing changed)."""
+    return CoverJob.objects.filter(pk=job_id, status=S.RUNNING, attempt=attempt).update(
+        heartbeat_at=timezone.now()) == 1
+
+
+def cover_job_start(*, job_id, attempt: int, worker_name: str = "") -> CoverJob | None:
+    return cover_job_transition(job_id=job_id, to=S.RUNNING, attempt=attempt, worker_name=worker_name[:128],
+                                stage=CoverJob.Stage.PREPROCESS, progress=0)
+
+
+def cover_job_fail(*, job_id, message: str, code: str = "error", attempt: int | None = None,
+                   stage: str | None = None) -> CoverJob | None:
+    message = (message or "").strip() or "the job failed for an unknown reason"
+    fields = {"error_message": message[:2000], "error_code": code[:64]}
+    if stage:
+        fields["stage"] = stage
+    return cover_job_transition(job_id=job_id, to=S.FAILED, attempt=attempt, **fields)
+
+
+# --------------------------------------------------------------------------------------------
+# create / cancel / delete
+# --------------------------------------------------------------------------------------------
+def _check_key_limits(api_key) -> None:
+    if api_key is None:
+        return
+    if api_key.max_concurrent_jobs is not None:
+        active = CoverJob.objects.filter(owner=api_key, status__in=CoverJob.ACTIVE).count()
+        if active >= api_key.max_concurrent_jobs:
+            raise LimitExceeded(f"this API key may have at most {api_key.max_concurrent_jobs} queued or "
+                                f"running jobs; wait for one to finish", code="too_many_active_jobs")
+    if api_key.jobs_per_day is not None:
+        since = timezone.now() - timedelta(days=1)
+        recent = CoverJob.objects.filter(owner=api_key, created_at__gte=since).count()
+        if recent >= api_key.jobs_per_day:
+            raise LimitExceeded(f"this API key may create {api_key.jobs_per_day} jobs per 24 hours",
+                                code="daily_limit")
+
+
+def _ping_queue() -> None:
+    try:
+        redis_connection().ping()
+    except Exception as exc:
+        raise QueueUnavailable(
+            f"The job queue (Redis) is unreachable, so no job was created; try again shortly ({exc.__class__.__name__})."
+        ) from None
+
+
+def _new_task_id(job_id, attempt: int) -> str:
+    return f"cover-{job_id}-{attempt}"
+
+
+def cover_job_create(*, caller, song, reference_voice, model_id: str | None = None, pitch_shift: float = 0.0,
+                     auto_pitch: bool = False, reference_text: str = "", target_text: str = "",
+                     separator: str | None = None, converter: str | None = None) -> CoverJob:
+    """Validate the uploads by content, store them, insert the row and enqueue after commit.
+
+    Redis unreachable -> QueueUnavailable and no row (checked before the insert, and the row is
+    removed again if the enqueue after commit fails).
+    """
+    api_key = caller.api_key
+    _check_key_limits(api_key)
+    limits = UploadLimits.for_key(api_key)
+    song_info = inspect_upload("song", song, limits)
+    ref_info = inspect_upload("reference_voice", reference_voice, limits, reference=True)
+    _ping_queue()
+
+    job_id = uuid.uuid4()
+    user = caller.user if getattr(caller.user, "is_authenticated", False) else None
+    job = CoverJob(
+        id=job_id, owner=api_key, user=user, status=S.QUEUED, task_id=_new_task_id(job_id, 1), attempt=1,
+        parameters={
+            "model_id": model_id or None, "pitch_shift": float(pitch_shift), "auto_pitch": bool(auto_pitch),
+            "reference_text": reference_text or "", "target_text": target_text or "",
+            "separator": separator or settings.COVER_SEPARATOR, "converter": converter or settings.COVER_CONVERTER,
+        },
+        input_info={"song": song_info, "reference_voice": ref_info},
+    )
+    job.song.save(storage_name("song", song, song_info), song, save=False)
+    job.reference_voice.save(storage_name("reference_voice", reference_voice, ref_info), reference_voice,
+                             save=False)
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+            transaction.on_commit(partial(_enqueue_after_commit, job))
+    except QueueUnavailable:
+        raise
+    except BaseException:
+        _delete_files(job)
+        raise
+    return job
+
+
+def _enqueue(job: CoverJob) -> None:
+    from rq import Callback
+
+    cover_queue().enqueue_call(
+        func=JOB_FUNC, args=(str(job.id), job.attempt), job_id=job.task_id,
+        timeout=settings.COVER_JOB_TIMEOUT, result_ttl=3600, failure_ttl=7 * 86400,
+        on_failure=Callback(FAILURE_CALLBACK), description=f"cover job {job.id} attempt {job.attempt}",
+    )
+    CoverJob.objects.filter(pk=job.id).update(enqueued_at=timezone.now())
+
+
+def _enqueue_after_commit(job: CoverJob) -> None:
+    try:
+        _enqueue(job)
+    except Exception as exc:
+        log.warning("enqueue of %s failed (%s); removing the row", job.id, exc)
+        CoverJob.objects.filter(pk=job.id, status=S.QUEUED).delete()
+        _delete_files(job)
+        raise QueueUnavailable(
+            "The job queue (Redis) is unreachable, so no job was created; try again shortly.") from None
+    notifications.notify_job_changed(job)
+
+
+def cover_job_cancel(*, job: CoverJob) -> CoverJob:
+    """Cancel a queued or running job. Idempotent for canceled jobs; 409 for finished ones.
+
+    A queued job never starts (the worker's queued->running transition fails). A running job
+    sees the new status through the pipeline's cancel check (DB row, or the Redis flag).
+    """
+    if job.status == S.CANCELED:
+        return job
+    if job.status in (S.SUCCEEDED, S.FAILED):
+        raise Conflict(f"the job already {job.status}; only queued or running jobs can be canceled",
+                       code="already_finished")
+    was = job.status
+    updated = cover_job_transition(job_id=job.id, to=S.CANCELED, error_message="")
+    if updated is None:
+        current = CoverJob.objects.select_related("owner").get(pk=job.id)
+        if current.status == S.CANCELED:
+            return current
+        raise Conflict(f"the job already {current.status}", code="already_finished")
+    try:
+        conn = redis_connection()
+        conn.set(cancel_flag_key(job.id), "1", ex=24 * 3600)
+        if was == S.QUEUED and job.task_id:
+            from rq.job import Job
+
+            rq_job = Job.fetch(job.task_id, connection=conn)
+            if rq_job.get_status(refresh=False) == "queued":
+                rq_job.cancel()
+    except Exception as exc:  # the DB row is the truth; Redis is only a hint here
+        log.info("cancel of %s: redis bookkeeping skipped (%s)", job.id, exc)
+    return updated
+
+
+def _delete_files(job: CoverJob) -> None:
+    storage = None
+    for name in FILE_FIELDS:
+        f = getattr(job, name)
+        if f and f.name:
+            storage = f.storage
+            try:
+                f.storage.delete(f.name)
+            except Exception as exc:
+                log.warning("could not delete %s of job %s: %s", name, job.id, exc)
+    if storage is not None:
+        try:  # FileSystemStorage: remove the job's now empty folder
+            os.rmdir(storage.path(f"covers/{job.id}"))
+        except Exception:
+            pass
+
+
+def cover_job_delete(*, job: CoverJob) -> None:
+    """Cancel if needed, remove the files, remove the row."""
+    if job.status in CoverJob.ACTIVE:
+        try:
+            cover_job_cancel(job=job)
+        except Conflict:
+            pass
+        job.refresh_from_db()
+    _delete_files(job)
+    CoverJob.objects.filter(pk=job.id).delete()
+
+
+def cover_job_store_file(*, job: CoverJob, field: str, path, name: str) -> str:
+    """Save a local file into storage as ``covers/<id>/<name>``; returns the storage name."""
+    from django.core.files import File
+
+    f = getattr(job, field)
+    with open(path, "rb") as fh:
+        return f.storage.save(f.field.generate_filename(job, name), File(fh, name=name))
+
+
+# --------------------------------------------------------------------------------------------
+# reconciler: dead workers and rows that never reached Redis
+# --------------------------------------------------------------------------------------------
+def cover_jobs_reconcile() -> dict:
+    """Fail running jobs whose worker stopped beating; re-enqueue (or fail) queued rows whose RQ
+    job is missing. Safe to run from several workers at once (every change is conditional)."""
+    from rq.job import Job
+    from rq.exceptions import NoSuchJobError
+
+    now = timezone.now()
+    out = {"failed_dead": 0, "requeued": 0, "failed_unqueued": 0}
+    dead_before = now - timedelta(seconds=settings.COVER_WORKER_DEAD_AFTER_SECONDS)
+    stale = CoverJob.objects.filter(status=S.RUNNING).filter(
+        Q(heartbeat_at__lt=dead_before) | Q(heartbeat_at__isnull=True, started_at__lt=dead_before))
+    for job in stale.only("id", "attempt", "stage", "worker_name"):
+        stage = job.stage or "preprocess"
+        if cover_job_fail(job_id=job.id, attempt=job.attempt, code="worker_lost",
+                          message=f"{stage}: the worker running this job stopped (killed or out of memory)"
+                                  f"; please submit it again"):
+            out["failed_dead"] += 1
+    grace_before = now - timedelta(seconds=settings.COVER_QUEUED_GRACE_SECONDS)
+    conn = redis_connection()
+    for job in CoverJob.objects.filter(status=S.QUEUED, created_at__lt=grace_before).only(
+            "id", "attempt", "task_id", "owner", "user"):
+        try:
+            status = Job.fetch(job.task_id, connection=conn).get_status(refresh=False)
+        except NoSuchJobError:
+            status = None
+        if status in ("queued", "started", "scheduled", "deferred"):
+            continue
+        if status == "failed":
+            if cover_job_fail(job_id=job.id, attempt=job.attempt, code="queue_error",
+                              message="preprocess: the queue reported the job as failed before it started"):
+                out["failed_unqueued"] += 1
+            continue
+        if job.attempt >= MAX_ENQUEUE_ATTEMPTS:
+            if cover_job_fail(job_id=job.id, attempt=job.attempt, code="not_enqueued",
+                              message="preprocess: the job never reached the queue; please submit it again"):
+                out["failed_unqueued"] += 1
+            continue
+        attempt = job.attempt + 1
+        task_id = _new_task_id(job.id, attempt)
+        if CoverJob.objects.filter(pk=job.id, status=S.QUEUED, attempt=job.attempt).update(
+                attempt=attempt, task_id=task_id) == 1:
+            job.attempt, job.task_id = attempt, task_id
+            try:
+                _enqueue(job)
+                out["requeued"] += 1
+            except Exception as exc:
+                log.warning("re-enqueue of %s failed: %s", job.id, exc)
+    return out

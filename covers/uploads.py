@@ -1,0 +1,118 @@
+"""Cheap checks of uploaded audio before anything is queued: size, then the container header
+read by content (inference.audio.probe: no full decode)."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+
+from django.conf import settings
+
+from .errors import UnprocessableAudio, UnsupportedMedia, UploadTooLarge
+
+MB = 1024 * 1024
+_EXT = {"wav": ".wav", "w64": ".w64", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg", "aiff": ".aiff",
+        "caf": ".caf", "au": ".au", "aac": ".aac", "wv": ".wv", "ape": ".ape", "tta": ".tta",
+        "mov,mp4,m4a,3gp,3g2,mj2": ".m4a", "matroska,webm": ".mka"}
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int
+    max_song_seconds: float
+    min_song_seconds: float
+    min_reference_seconds: float
+    max_reference_seconds: float
+    min_sample_rate: int
+    max_sample_rate: int
+    max_channels: int
+
+    @classmethod
+    def for_key(cls, api_key=None) -> "UploadLimits":
+        max_mb = settings.COVER_MAX_UPLOAD_MB
+        max_song = settings.COVER_MAX_SONG_SECONDS
+        if api_key is not None:
+            if api_key.max_upload_mb:
+                max_mb = min(max_mb, api_key.max_upload_mb)
+            if api_key.max_song_seconds:
+                max_song = min(max_song, api_key.max_song_seconds)
+        return cls(int(max_mb * MB), max_song, settings.COVER_MIN_SONG_SECONDS,
+                   settings.COVER_MIN_REFERENCE_SECONDS, settings.COVER_MAX_REFERENCE_SECONDS,
+                   settings.COVER_MIN_SAMPLE_RATE, settings.COVER_MAX_SAMPLE_RATE, settings.COVER_MAX_CHANNELS)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return 2 * self.max_bytes + MB
+
+
+def check_size(field: str, upload, limits: UploadLimits) -> None:
+    if upload.size > limits.max_bytes:
+        raise UploadTooLarge(f"{field} is {upload.size / MB:.1f} MB; the limit is {limits.max_bytes / MB:.0f} MB",
+                             field=field)
+    if upload.size == 0:
+        raise UnsupportedMedia(f"{field} is empty", field=field)
+
+
+def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool = False) -> dict:
+    """Probe ``upload`` (a Django UploadedFile) and apply the limits. Returns the probe facts."""
+    from inference.audio import probe
+    from inference.errors import InputError
+
+    check_size(field, upload, limits)
+    path, tmp = _local_path(upload)
+    try:
+        try:
+            info = probe(path, field)
+        except InputError as exc:
+            raise UnsupportedMedia(_msg(field, exc.message), field=field) from None
+    finally:
+        if tmp:
+            os.unlink(tmp)
+        upload.seek(0)
+    if info.sample_rate <= 0 or info.channels <= 0:
+        raise UnsupportedMedia(f"{field} has no decodable audio stream", field=field)
+    if not (limits.min_sample_rate <= info.sample_rate <= limits.max_sample_rate):
+        raise UnprocessableAudio(
+            f"{field} has a sample rate of {info.sample_rate} Hz; accepted: "
+            f"{limits.min_sample_rate}..{limits.max_sample_rate} Hz", field=field, code="bad_sample_rate")
+    if info.channels > limits.max_channels:
+        raise UnprocessableAudio(f"{field} has {info.channels} channels; at most {limits.max_channels} accepted",
+                                 field=field, code="bad_channels")
+    lo, hi = ((limits.min_reference_seconds, limits.max_reference_seconds) if reference
+              else (limits.min_song_seconds, limits.max_song_seconds))
+    if info.duration <= 0:
+        raise UnprocessableAudio(f"{field} contains no audio (zero length)", field=field, code="empty_audio")
+    if info.duration < lo:
+        raise UnprocessableAudio(f"{field} is {info.duration:.1f} s long; at least {lo:g} s is needed",
+                                 field=field, code="too_short")
+    if info.duration > hi:
+        raise UnprocessableAudio(f"{field} is {info.duration:.1f} s long; the limit is {hi:g} s",
+                                 field=field, code="too_long")
+    facts = asdict(info)
+    facts["size"] = upload.size
+    facts["name"] = (upload.name or "")[:200]
+    return facts
+
+
+def storage_name(field: str, upload, info: dict) -> str:
+    """Our own file name (never the client's path): ``song.mp3``, ``reference_voice.wav``."""
+    ext = _EXT.get(info.get("format", ""), "")
+    if not ext:
+        m = re.search(r"\.([A-Za-z0-9]{1,5})$", upload.name or "")
+        ext = f".{m.group(1).lower()}" if m else ".bin"
+    return f"{field}{ext}"
+
+
+def _local_path(upload) -> tuple[str, str | None]:
+    if hasattr(upload, "temporary_file_path"):
+        return upload.temporary_file_path(), None
+    fd, tmp = tempfile.mkstemp(prefix="cover-upload-")
+    with os.fdopen(fd, "wb") as fh:
+        for chunk in upload.chunks():
+            fh.write(chunk)
+    return tmp, tmp
+
+
+def _msg(field: str, message: str) -> str:
+    return message if message.startswith(field) else f"{field}: {message}"

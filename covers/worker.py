@@ -1,0 +1,116 @@
+"""The RQ worker class for `manage.py rqworker cover` (set as RQ["WORKER_CLASS"] in settings).
+
+- No fork per job (rq's SimpleWorker): engines loaded by one job stay loaded for the next
+  (inference.registry caches them per process), and CUDA is never used after a fork.
+- A background thread, alive for the whole worker: while a job runs it refreshes RQ's
+  worker/job heartbeats (SimpleWorker sends none during a job) and the row's heartbeat_at;
+  every COVER_RECONCILE_INTERVAL_SECONDS it runs the reconciler (fails rows whose worker died,
+  re-enqueues rows that never reached Redis) and RQ's started-registry cleanup (which calls the
+  jobs' failure callback for abandoned jobs).
+- A shorter started-registry TTL than SimpleWorker's (job_timeout + 60 s), so RQ itself notices
+  a dead worker quickly too.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from rq.registry import StartedJobRegistry
+from rq.worker import SimpleWorker
+
+log = logging.getLogger(__name__)
+
+
+class CoverWorker(SimpleWorker):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._current_job = None
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def work(self, *args, **kwargs):
+        self._start_background()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self._beat_stop.set()
+            if self._beat_thread is not None:
+                self._beat_thread.join(timeout=5)
+
+    def _start_background(self) -> None:
+        if self._beat_thread is None or not self._beat_thread.is_alive():
+            self._beat_stop.clear()
+            self._beat_thread = threading.Thread(target=self._background, name="cover-heartbeat", daemon=True)
+            self._beat_thread.start()
+
+    def get_heartbeat_ttl(self, job) -> int:
+        # Our thread refreshes every COVER_WORKER_HEARTBEAT_SECONDS; expire well after a few misses.
+        return int(max(30, settings.COVER_WORKER_DEAD_AFTER_SECONDS + 30))
+
+    def execute_job(self, job, queue):
+        self._current_job = job
+        try:
+            super().execute_job(job, queue)
+        except BaseException as exc:  # cold shutdown (Ctrl-C twice, SystemExit) mid-job
+            self._fail_current(job, f"the worker was stopped ({exc.__class__.__name__})")
+            raise
+        finally:
+            self._current_job = None
+
+    def _fail_current(self, job, reason: str) -> None:
+        try:
+            from . import services
+            job_id, attempt = (list(job.args) + [1])[:2]
+            services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="worker_stopped",
+                                    message=f"the job was interrupted: {reason}; please submit it again")
+        except Exception:
+            log.exception("could not mark job %s failed", getattr(job, "id", "?"))
+
+    # -- background thread -----------------------------------------------------------------
+    def _background(self) -> None:
+        interval = max(0.2, float(settings.COVER_WORKER_HEARTBEAT_SECONDS))
+        try:
+            while not self._beat_stop.wait(interval):
+                self._beat_once()
+                if time.monotonic() - self._last_reconcile >= settings.COVER_RECONCILE_INTERVAL_SECONDS:
+                    self._last_reconcile = time.monotonic()
+                    self.reconcile()
+                close_old_connections()
+        finally:
+            connection.close()
+
+    def _beat_once(self) -> None:
+        job = self._current_job
+        if job is None:
+            return
+        try:
+            self.maintain_heartbeats(job)
+        except Exception as exc:
+            log.debug("rq heartbeat skipped: %s", exc)
+        try:
+            from . import services
+            job_id, attempt = (list(job.args) + [1])[:2]
+            services.cover_job_heartbeat(job_id=job_id, attempt=int(attempt))
+        except Exception as exc:
+            log.warning("row heartbeat failed: %s", exc)
+
+    def reconcile(self) -> dict:
+        out: dict = {}
+        try:
+            for queue in self.queues:
+                StartedJobRegistry(queue=queue).cleanup()
+        except Exception as exc:
+            log.warning("started-registry cleanup failed: %s", exc)
+        try:
+            from . import services
+            out = services.cover_jobs_reconcile()
+            if any(out.values()):
+                log.info("reconciler: %s", out)
+        except Exception:
+            log.exception("reconciler failed")
+        return out
