@@ -24,7 +24,9 @@ Options: ``base_url`` (``http://127.0.0.1:9880``), ``timeout`` (seconds for one 
 :func:`inference.models.resolve_gpt_sovits_model`), ``text_lang`` / ``prompt_lang`` (``en``),
 ``asr`` (faster-whisper options, to transcribe missing texts), ``tts_options`` (extra /tts
 fields, e.g. ``{"top_k": 15, "speed_factor": 1.0}``), ``share_dir``, ``fit`` (``world`` or
-``none``: return the TTS audio only length-fitted).
+``none``: return the TTS audio only length-fitted), ``use_model_reference`` (False: prompt
+GPT-SoVITS with the job's reference voice; True: with the model's own clip and text when
+its resolution found one, e.g. ``trained/<model_id>/ref.wav`` + ``ref.txt``).
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ class GptSovitsApiConverter:
                  connect_timeout: float = 5.0, models: dict[str, dict[str, str]] | None = None,
                  project_root: str | None = None, text_lang: str = "en", prompt_lang: str = "en",
                  asr: dict | None = None, tts_options: dict[str, Any] | None = None,
-                 share_dir: str | None = None, fit: str = "world"):
+                 share_dir: str | None = None, fit: str = "world", use_model_reference: bool = False):
         import requests
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
@@ -81,6 +83,7 @@ class GptSovitsApiConverter:
         if fit not in ("world", "none"):
             raise ValueError(f"fit must be 'world' or 'none', not {fit!r}")
         self.fit = fit
+        self.use_model_reference = bool(use_model_reference)
         self.session = requests.Session()
         self.loaded: dict[str, str | None] = {"gpt": None, "sovits": None}  # what the server has from us
         self._lock = threading.Lock()  # weight switch + /tts must not interleave between jobs
@@ -155,12 +158,16 @@ class GptSovitsApiConverter:
         vocal = to_mono(np.asarray(vocal, dtype=np.float32))
         weights = self.weights_for(params.model_id)
         ctx.progress(0.02, "preparing the reference")
-        clip, clipped = reference_clip(to_mono(np.asarray(reference, dtype=np.float32)), ref_sr)
-        folder = self.share_dir or ctx.tmpdir
-        folder.mkdir(parents=True, exist_ok=True)
-        ref_path = (folder / f"gsv-ref-{time.time_ns()}.wav").resolve()
-        write_wav(ref_path, clip, ref_sr, subtype="PCM_16")
         ref_text = params.reference_text
+        model_ref = weights.get("ref_audio") if (weights and self.use_model_reference) else None
+        if model_ref:  # the model's own prompt clip, already on the server's disk
+            from ..audio import decode
+            clip, clip_sr = decode(model_ref, "reference_voice")
+            clip, clipped = to_mono(clip), False
+            ref_text = weights.get("ref_text") or None
+        else:
+            clip_sr = ref_sr
+            clip, clipped = reference_clip(to_mono(np.asarray(reference, dtype=np.float32)), ref_sr)
         if clipped and ref_text:
             ctx.warn("the reference voice was cut to 9.5 s for GPT-SoVITS; its text was transcribed again"
                      if self.asr else "the reference voice was cut to 9.5 s for GPT-SoVITS; the given "
@@ -170,7 +177,7 @@ class GptSovitsApiConverter:
         from .asr import fill_texts
         ctx.progress(0.05, "texts")
         ref_text, target_text = fill_texts(ref_text, params.target_text, vocal=vocal, sr=sr, reference=clip,
-                                           ref_sr=ref_sr, asr_options=self.asr, ctx=ctx,
+                                           ref_sr=clip_sr, asr_options=self.asr, ctx=ctx,
                                            language=self.text_lang, prompt_language=self.prompt_lang)
         if not target_text:
             raise PipelineError(ctx.stage, "GPT-SoVITS needs the words to sing: give target_text or "
@@ -178,18 +185,26 @@ class GptSovitsApiConverter:
         body = {"text_split_method": "cut5", "batch_size": 1, "speed_factor": 1.0, "seed": -1,
                 "parallel_infer": True, "split_bucket": True}
         body.update(self.tts_options)
-        body.update({"text": target_text, "text_lang": self.text_lang, "ref_audio_path": str(ref_path),
-                     "prompt_text": ref_text or "", "prompt_lang": self.prompt_lang, "media_type": "wav",
-                     "streaming_mode": False})
+        body.update({"text": target_text, "text_lang": self.text_lang, "prompt_text": ref_text or "",
+                     "prompt_lang": self.prompt_lang, "media_type": "wav", "streaming_mode": False})
         ctx.progress(0.15, "synthesising")
+        ref_path = None
         try:
+            if model_ref:
+                body["ref_audio_path"] = str(model_ref)
+            else:
+                folder = self.share_dir or ctx.tmpdir
+                folder.mkdir(parents=True, exist_ok=True)
+                ref_path = (folder / f"gsv-ref-{time.time_ns()}.wav").resolve()
+                write_wav(ref_path, clip, clip_sr, subtype="PCM_16")
+                body["ref_audio_path"] = str(ref_path)
             with self._lock:
                 if weights is not None:
                     self._switch("gpt", weights["gpt_weights"], ctx)
                     self._switch("sovits", weights["sovits_weights"], ctx)
                 resp = self._request("POST", "/tts", ctx, json=body)
         finally:
-            if self.share_dir is not None:
+            if ref_path is not None and self.share_dir is not None:
                 ref_path.unlink(missing_ok=True)
         tts, tts_sr = _decode_wav(resp.content, ctx)
         ctx.progress(0.7, "fitting to the melody")

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from inference import registry
 from inference.context import StageContext
-from inference.engines.asr import FasterWhisperASR, fill_texts, get_asr, speech_seconds
+from inference.engines.asr import FasterWhisperASR, fill_texts, get_asr, speech_seconds, whisper_language
 from inference.engines.base import ConversionParams
 from inference.errors import PipelineError
 from tests import signals
@@ -105,6 +105,11 @@ def test_command_converter_fills_texts_with_asr(tiny_model, fresh_registry, tmp_
     assert out.shape == vocal.shape
     ref, tgt = json.loads(next((tmp_path / "w" / "tmp").glob("convert-*/output_vocal.wav.json")).read_text())
     assert ref == "ref words" and tgt == ctx.info["asr"]["target_text"]
+
+
+def test_language_hints_from_gpt_sovits_codes():
+    assert [whisper_language(c) for c in ("all_zh", "auto", "auto_yue", "en", "JA", None, "", "en-US")] == \
+        ["zh", None, None, "en", "ja", None, None, "en"]
 
 
 # --- speech_seconds -------------------------------------------------------------------------

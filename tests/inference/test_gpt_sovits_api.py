@@ -418,3 +418,31 @@ def test_resolve_refuses_symlinks_out_of_the_project(tmp_path):
     assert "outside" in ei.value.message
     with pytest.raises(PipelineError):
         resolve_gpt_sovits_model(tmp_path / "missing-root", "jack")
+
+
+def test_use_model_reference(api, tmp_path):
+    root = tmp_path / "gsv"
+    d = root / "trained" / "liz"
+    d.mkdir(parents=True)
+    (d / "liz-e10.ckpt").write_bytes(b"g")
+    (d / "liz_e8_s100.pth").write_bytes(b"s")
+    signals.write(d / "ref.wav", signals.reference_voice(5.0, 32000), 32000)
+    (d / "ref.txt").write_text("liz speaking")
+    conv = GptSovitsApiConverter(base_url=api.url, project_root=str(root), use_model_reference=True)
+    sr = 16000
+    vocal, _ = melody_vocal(sr)
+    conv.convert(vocal, sr, signals.reference_voice(4.0, sr), sr,
+                 ConversionParams(model_id="liz", reference_text="ignored", target_text="la"), ctx_for(tmp_path))
+    body = api.calls[-1][1]
+    assert body["ref_audio_path"] == str((d / "ref.wav").resolve()) and body["prompt_text"] == "liz speaking"
+
+
+def test_share_dir_reference_is_removed(api, tmp_path):
+    share = tmp_path / "share"
+    conv = GptSovitsApiConverter(base_url=api.url, share_dir=str(share))
+    sr = 16000
+    vocal, _ = melody_vocal(sr)
+    conv.convert(vocal, sr, signals.reference_voice(4.0, sr), sr,
+                 ConversionParams(reference_text="hi", target_text="la"), ctx_for(tmp_path))
+    assert api.calls[-1][1]["ref_audio_path"].startswith(str(share.resolve()))
+    assert list(share.iterdir()) == []
