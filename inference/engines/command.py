@@ -51,6 +51,7 @@ POLL_SECONDS = 0.25
 KILL_GRACE_SECONDS = 3.0
 TAIL_LINES = 20
 TAIL_CHARS = 2000
+LAG_SECONDS = 0.5  # the separator's stems are realigned when they are off by up to this much
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PROGRESS = re.compile(r"^\s*PROGRESS\s+([0-9]*\.?[0-9]+)\s*$")
 
@@ -237,6 +238,42 @@ def fit_to(audio: np.ndarray, sr: int, *, target_sr: int, channels: int | None, 
     return x[0] if channels is None else np.ascontiguousarray(x)
 
 
+def detect_lag(reference: np.ndarray, estimate: np.ndarray, sr: int, max_seconds: float = 0.5,
+               window_seconds: float = 20.0) -> int:
+    """Samples by which ``estimate`` lags ``reference`` (mono, same rate), or 0 when unsure.
+
+    Scripts sometimes pad or trim their outputs (codec priming, model padding); the stems'
+    sum should line up with the song. FFT cross-correlation over the first ``window_seconds``;
+    a shift is trusted only when it correlates clearly better than no shift.
+    """
+    n = min(len(reference), len(estimate), int(window_seconds * sr))
+    max_lag = min(int(max_seconds * sr), n // 4)
+    if n < 1024 or max_lag < 1:
+        return 0
+    a = reference[:n].astype(np.float64)
+    b = estimate[:n].astype(np.float64)
+    denom = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    if denom <= 1e-12:
+        return 0
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    xc = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    vals = np.concatenate([xc[: max_lag + 1], xc[size - max_lag:]]) / denom
+    best = int(np.argmax(vals))
+    lag, peak, zero = int(lags[best]), float(vals[best]), float(vals[0])
+    if lag != 0 and peak > 0.3 and peak > 1.5 * max(zero, 0.0):
+        return lag
+    return 0
+
+
+def _shift(x: np.ndarray, lag: int, length: int) -> np.ndarray:
+    """``x`` (channels, >= length + lag) moved earlier by ``lag`` samples (later when negative),
+    cut to ``length``."""
+    if lag >= 0:
+        return np.ascontiguousarray(x[:, lag: lag + length])
+    return np.ascontiguousarray(np.pad(x, ((0, 0), (-lag, 0)))[:, :length])
+
+
 def _template(value: str | None, env_name: str) -> str | None:
     return value if value else os.environ.get(env_name) or None
 
@@ -257,8 +294,10 @@ def _job_dir(ctx: StageContext, prefix: str) -> Path:
 class CommandSeparator:
     """Separation by the user's script (``COVER_SEPARATE_CMD_TEMPLATE``).
 
-    Options: ``template``, ``python_exec`` (default: this Python), ``project_root``,
-    ``uvr_model``, ``timeout`` (seconds, default 1800), ``env`` (extra environment).
+    Options: ``template``, ``python_exec`` (default: this Python), ``project_root`` (also the
+    working directory), ``uvr_model``, ``timeout`` (seconds, default 1800), ``env`` (extra
+    environment). The stems are resampled to the song's rate, given its channel count and
+    length, and shifted back when their sum is offset from the song (up to 0.5 s).
     """
 
     name = "command"
@@ -288,11 +327,17 @@ class CommandSeparator:
                            progress_range=(0.02, 0.95))
         voc, vsr = read_output(vocal_out, ctx=ctx, what=what, name="vocal")
         inst, isr = read_output(inst_out, ctx=ctx, what=what, name="instrumental")
-        shape = dict(target_sr=sr, channels=song2.shape[0], length=song2.shape[1])
+        n = song2.shape[1]
+        extra = int(LAG_SECONDS * sr)  # keep a little beyond the song's end in case the stems are late
+        shape = dict(target_sr=sr, channels=song2.shape[0], length=n + extra)
         vocals, instrumental = fit_to(voc, vsr, **shape), fit_to(inst, isr, **shape)
+        lag = detect_lag(to_mono(song2), to_mono(vocals[:, :n] + instrumental[:, :n]), sr, LAG_SECONDS)
+        if lag:
+            ctx.warn(f"the separation command's stems were offset by {lag / sr * 1000:.0f} ms; realigned")
+        vocals, instrumental = _shift(vocals, lag, n), _shift(instrumental, lag, n)
         if song.ndim == 1:
             vocals, instrumental = vocals[0], instrumental[0]
-        ctx.info.update({"engine": self.name, "command_seconds": round(res.seconds, 3)})
+        ctx.info.update({"engine": self.name, "command_seconds": round(res.seconds, 3), "lag_samples": lag})
         ctx.progress(1.0)
         return vocals, instrumental
 

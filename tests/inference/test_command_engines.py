@@ -306,3 +306,29 @@ def test_pipeline_end_to_end_with_command_engines(tmp_path, project):
 def sf_read(path):
     import soundfile as sf
     return sf.read(str(path), dtype="float32")
+
+
+DELAY_PY = """
+import sys, numpy as np, soundfile as sf
+song, vocal_out, inst_out = sys.argv[1:4]
+x, sr = sf.read(song, dtype="float32", always_2d=True)
+pad = np.zeros((1000, x.shape[1]), np.float32)            # model padding leaking into the output
+sf.write(vocal_out, np.concatenate([pad, 0.5 * x]), sr)
+sf.write(inst_out, np.concatenate([pad, 0.5 * x]), sr)
+"""
+
+
+def test_separator_realigns_delayed_stems(tmp_path, project):
+    (project / "delay.py").write_text(textwrap.dedent(DELAY_PY))
+    sep = CommandSeparator(template="{python_exec} {project_root}/delay.py {song_input} {vocal_output} {inst_output}",
+                           project_root=str(project))
+    mix, _v, _i, _f0 = signals.song(2.0, SR)
+    ctx, _ = make_ctx(tmp_path)
+    vocals, inst = sep.separate(mix, SR, ctx)
+    assert ctx.info["lag_samples"] == 1000
+    assert np.allclose(vocals + inst, mix, atol=1e-3)  # back in place (16-bit output)
+    # an undelayed script is left alone
+    sep2 = get_engine("separator", "command", template=SEP_TEMPLATE, project_root=str(project))
+    ctx2, _ = make_ctx(tmp_path / "b")
+    sep2.separate(mix, SR, ctx2)
+    assert ctx2.info["lag_samples"] == 0
