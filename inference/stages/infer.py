@@ -40,7 +40,8 @@ def run(pre: Preprocessed, sep: Separated, cfg: PipelineConfig, ctx: StageContex
     vocal = audio.to_mono(sep.vocals)
     n = len(vocal)
     if not sep.has_vocals or not np.any(vocal):
-        ctx.warn("conversion skipped: the song has no vocal to convert")
+        if sep.has_vocals:   # (otherwise the separate stage has already said so)
+            ctx.warn("conversion skipped: the vocal stem is digital silence")
         ctx.info.update({"name": cfg.converter, "skipped": True})
         out = np.zeros(n, dtype=np.float32)
         ctx.progress(1.0)

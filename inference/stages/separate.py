@@ -25,6 +25,22 @@ NO_VOCALS_RELATIVE_DB = -30.0
 NO_VOCALS_ABSOLUTE_DB = -60.0
 
 
+# No vocals when the Silero VAD finds voice in less than these shares of the vocal stem and the song.
+STEM_VOICE_FRACTION = 0.25
+SONG_VOICE_FRACTION = 0.10
+
+
+def _voice_fraction(vocals: np.ndarray, sr: int) -> float | None:
+    """Share of the vocal stem's duration the Silero VAD calls voice; None when it cannot run."""
+    try:
+        from ..engines import asr
+        seconds = float(asr.speech_seconds(audio.to_mono(vocals), sr, method="silero"))
+    except Exception as exc:  # VAD unavailable: fall back to the level test alone
+        log.info("Silero VAD unavailable for the vocal stem (%s)", exc)
+        return None
+    return seconds / max(1e-9, vocals.shape[1] / sr)
+
+
 @dataclass
 class Separated:
     vocals: np.ndarray          # (channels, samples), work rate
@@ -84,10 +100,23 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext) -> Separated:
     song_db = loudness.rms_db(pre.song)
     voc_db = loudness.rms_db(vocals)
     has_vocals = voc_db > max(NO_VOCALS_ABSOLUTE_DB, song_db + NO_VOCALS_RELATIVE_DB)
+    why = f"the vocal stem is {song_db - voc_db:.0f} dB below the song"
+    speech = _voice_fraction(vocals, pre.sr) if has_vocals else None
+    in_song = None
+    if speech is not None and speech < STEM_VOICE_FRACTION:
+        # A separator always leaks something into the vocal stem; a voice detector tells leaked
+        # instruments from singing. Both the stem and the whole song must look voiceless.
+        in_song = _voice_fraction(pre.song, pre.sr)
+        if in_song is not None and in_song < SONG_VOICE_FRACTION:
+            has_vocals = False
+            why = (f"a voice detector finds voice in {100 * speech:.0f}% of the vocal stem and "
+                   f"{100 * in_song:.0f}% of the song")
     if not has_vocals:
-        ctx.warn(f"no vocals detected in the song (the vocal stem is {song_db - voc_db:.0f} dB below the song); "
-                 "the cover is the instrumental only")
+        ctx.warn(f"no vocals detected in the song ({why}); nothing was converted and the cover is the "
+                 "song's music as it is")
     ctx.info.update({"vocal_level_db": round(voc_db, 2), "song_level_db": round(song_db, 2),
+                     "vocal_voice_fraction": None if speech is None else round(speech, 3),
+                     "song_voice_fraction": None if in_song is None else round(in_song, 3),
                      "has_vocals": bool(has_vocals)})
     vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
     ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
