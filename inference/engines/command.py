@@ -53,6 +53,7 @@ TAIL_LINES = 20
 TAIL_CHARS = 2000
 LAG_SECONDS = 0.5  # the separator's stems are realigned when they are off by up to this much
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_OOM = re.compile(r"out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY", re.IGNORECASE)
 _PROGRESS = re.compile(r"^\s*PROGRESS\s+([0-9]*\.?[0-9]+)\s*$")
 
 
@@ -120,7 +121,8 @@ def run_template(template: str, values: dict[str, Any], *, timeout: float | None
     Polls ``ctx`` (cancel, progress) every 0.25 s; ``PROGRESS <0..1>`` lines on the command's
     stdout are mapped onto ``progress_range``. Raises :class:`PipelineError` with code
     ``timeout`` after ``timeout`` seconds, ``command_failed`` on a non-zero exit (with the
-    exit code and the last lines of stderr), and re-raises :class:`Canceled` after killing
+    exit code and the last lines of stderr; ``out_of_memory``, transient, when they say so),
+    and re-raises :class:`Canceled` after killing
     the process tree.
     """
     command = fill_template(template, values, stage=ctx.stage, what=what)
@@ -197,6 +199,9 @@ def run_template(template: str, values: dict[str, Any], *, timeout: float | None
     if rc != 0:
         how = f"was killed by signal {-rc}" if rc < 0 else f"failed with exit code {rc}"
         detail = result.stderr_tail or result.stdout_tail or "(no output)"
+        if _OOM.search(detail):  # worth one retry, like an in-process CUDA OOM
+            raise PipelineError(ctx.stage, f"{what} ran out of memory ({how}):\n{detail}",
+                                code="out_of_memory", transient=True)
         raise PipelineError(ctx.stage, f"{what} {how}:\n{detail}", code="command_failed")
     report_progress()
     return result

@@ -57,7 +57,7 @@ FAIL_PY = """
 import sys
 for i in range(40):
     print(f"log line {i}", file=sys.stderr)
-print("CUDA error: out of memory in layer 7", file=sys.stderr)
+print("RuntimeError: shapes do not match in layer 7", file=sys.stderr)
 sys.exit(3)
 """
 
@@ -146,9 +146,17 @@ def test_failing_command_reports_exit_code_and_stderr_tail(tmp_path, project):
     err = ei.value
     assert err.code == "command_failed" and err.stage == "separate"
     assert "exit code 3" in err.message
-    assert "CUDA error: out of memory in layer 7" in err.message
+    assert "RuntimeError: shapes do not match in layer 7" in err.message
     assert "log line 39" in err.message and "log line 5\n" not in err.message  # only the tail
     assert len(err.message) < 2200
+
+
+def test_out_of_memory_in_stderr_is_transient(tmp_path):
+    tpl = "{python_exec} -c \"import sys; sys.exit('torch.OutOfMemoryError: CUDA out of memory.')\""
+    ctx, _ = make_ctx(tmp_path, "infer")
+    with pytest.raises(PipelineError) as ei:
+        run_template(tpl, {"python_exec": sys.executable}, timeout=30, ctx=ctx, what="the conversion command")
+    assert ei.value.code == "out_of_memory" and ei.value.transient and "exit code 1" in ei.value.message
 
 
 def test_command_that_writes_nothing(tmp_path, project):
