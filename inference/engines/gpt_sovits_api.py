@@ -341,9 +341,23 @@ def fit_to_vocal(tts: np.ndarray, tts_sr: int, vocal: np.ndarray, sr: int, *, pi
     sp = np.full((n, sp_t.shape[1]), floor)
     ap = np.ones((n, ap_t.shape[1]))
     f0 = np.zeros(n)
+    # Sung (voiced) frames take the speech's voiced frames (its vowels) in order, so vowels are
+    # held where the singer holds notes; the rest follow the overall map.
+    sung = act_v & voiced_v
+    if sung.any() and voiced_t.any():
+        i_s, i_t = np.flatnonzero(sung), np.flatnonzero(voiced_t & act_t)
+        if len(i_t):
+            pos = np.searchsorted(idx_v, i_s)
+            src[pos] = i_t[np.minimum((np.arange(len(i_s)) * len(i_t)) // len(i_s), len(i_t) - 1)]
     sp[idx_v] = sp_t[src]
     ap[idx_v] = ap_t[src]
     f0[idx_v] = np.where(voiced_v[idx_v], f0_v[idx_v] * 2 ** (shift / 12), 0.0)
+    # A sung frame is voiced even where the speech had a consonant: cap the aperiodicity of
+    # voiced output frames at the TTS voice's typical voiced aperiodicity.
+    if voiced_t.any():
+        cap = np.median(ap_t[voiced_t], axis=0)
+        on = f0 > 0
+        ap[on] = np.minimum(ap[on], cap[None, :])
     y = pyworld.synthesize(np.ascontiguousarray(f0), np.ascontiguousarray(sp), np.ascontiguousarray(ap),
                            fs, FRAME_MS)
     if ctx:
