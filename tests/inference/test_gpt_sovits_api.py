@@ -446,3 +446,26 @@ def test_share_dir_reference_is_removed(api, tmp_path):
                  ConversionParams(reference_text="hi", target_text="la"), ctx_for(tmp_path))
     assert api.calls[-1][1]["ref_audio_path"].startswith(str(share.resolve()))
     assert list(share.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_fit_real_speech_onto_a_sung_melody(tmp_path):
+    """Real speech (espeak-ng) stands in for GPT-SoVITS' output: the fitted result must sing
+    the song's melody, voiced where the singer is."""
+    import subprocess
+    import pyworld
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "I have a dream that one day this nation will rise up"],
+                   check=True, capture_output=True, timeout=30)
+    speech, ssr = sf.read(str(wav), dtype="float32")
+    sr = 22050
+    _mix, vocal, _inst, f0 = signals.song(6.0, sr)
+    out = fit_to_vocal(speech, ssr, vocal[0], sr, pitch_shift=-3.0)
+    assert out.shape == (6 * sr,)
+    x = out.astype(np.float64)
+    fo, t = pyworld.dio(x, sr, f0_floor=60, f0_ceil=1100, frame_period=10)
+    fo = pyworld.stonemask(x, fo, t, sr)
+    ref = f0[np.clip((t * sr).astype(int), 0, len(f0) - 1)] * 2 ** (-3 / 12)
+    both = (fo > 0) & (ref > 0)
+    assert both.sum() / (ref > 0).sum() > 0.7
+    assert np.mean(1200 * np.abs(np.log2(fo[both] / ref[both])) < 50) > 0.9
