@@ -312,7 +312,7 @@ def test_cancel_while_waiting_for_tts(api, tmp_path):
     with pytest.raises(Canceled):
         conv.convert(np.zeros(16000, np.float32), 16000, signals.reference_voice(4.0, 16000), 16000,
                      ConversionParams(reference_text="hi", target_text="la"), ctx)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 2.5  # the server would take 3 s
 
 
 def test_models_resolved_from_project_root(api, tmp_path):
