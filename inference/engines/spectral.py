@@ -47,25 +47,39 @@ class SpectralParams:
     overlap_s: float = 2.0         # cross-fade between chunks
     # centre mask
     use_centre: bool = True
-    centre_floor: float = 0.55     # similarity below this counts as not centred
-    centre_power: float = 2.0
+    centre_floor: float = 0.4     # similarity below this counts as not centred
+    centre_power: float = 1.0
     centre_smooth_frames: int = 3
     centre_smooth_bins: int = 3
     # repetition (REPET-SIM)
     repeat_frames: int = 24        # similar frames whose median is the background
     min_repeat_s: float = 1.0      # similar frames must be at least this far apart
     repeat_max_hz: float = 8000.0  # similarity computed on bins below this
-    repeat_strength: float = 0.5   # mask = (1 - (background / mix)^2) ** strength
+    repeat_strength: float = 0.0   # mask = (1 - (background / mix)^2) ** strength
     repeat_on_mix: bool = True     # similarity/background from the whole mix, not the centre part
     # harmonic/percussive
     hpss_time_s: float = 0.25
     hpss_freq_hz: float = 400.0
     harmonic_power: float = 1.0
+    # pitch-guided harmonic comb (predominant F0 of the centre/harmonic part)
+    comb_power: float = 0.5
+    f0_min_hz: float = 70.0
+    f0_max_hz: float = 1000.0
+    comb_harmonics: int = 8         # harmonics summed for the pitch salience
+    comb_width: float = 0.03       # comb tooth half-width, fraction of the frequency (vibrato)
+    comb_min_bins: float = 1.5     # ... but at least this many bins
+    comb_max_hz: float = 7000.0    # above this the comb fades out (no constraint)
+    voicing_floor: float = 0.3     # salience contrast below this: unvoiced frame (no comb)
     # band prior
-    low_cut_hz: float = 90.0
+    low_cut_hz: float = 150.0
     # final Wiener-style refinement: mask = V^p / (V^p + B^p)
     wiener_power: float = 2.0
     floor: float = 0.0             # minimum vocal mask (keeps a little of everything)
+    # stereo: multichannel Wiener filter from the mask (spatial null on panned accompaniment)
+    mwf: bool = True
+    mwf_frames: int = 9
+    mwf_bins: int = 3
+    mwf_diffuse: float = 0.1
 
 
 def _pow2(x: float) -> int:
@@ -237,6 +251,102 @@ def _harmonic_mask(mag: np.ndarray, sr: int, n_fft: int, hop: int, p: SpectralPa
     return h2 / (h2 + p2 + EPS)
 
 
+_SAL_CACHE: dict = {}
+
+
+def _salience_matrix(sr: int, n_fft: int, p: SpectralParams):
+    """Sparse (F, n_candidates) harmonic-summation weights and the candidate F0s."""
+    key = (sr, n_fft, p.f0_min_hz, p.f0_max_hz, p.comb_harmonics)
+    hit = _SAL_CACHE.get(key)
+    if hit is not None:
+        return hit
+    from scipy import sparse
+    nbins = n_fft // 2 + 1
+    bin_hz = sr / n_fft
+    f0s = p.f0_min_hz * 2 ** (np.arange(0, math.log2(p.f0_max_hz / p.f0_min_hz), 1 / 36))
+    rows, cols, vals = [], [], []
+    for c, f0 in enumerate(f0s):
+        for h in range(1, p.comb_harmonics + 1):
+            b = h * f0 / bin_hz
+            lo = int(b)
+            if lo + 1 >= nbins:
+                break
+            w = 0.85 ** (h - 1)
+            fr = b - lo
+            rows += [lo, lo + 1]
+            cols += [c, c]
+            vals += [w * (1 - fr), w * fr]
+    mat = sparse.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(nbins, len(f0s)))
+    _SAL_CACHE[key] = (mat, f0s.astype(np.float32))
+    return _SAL_CACHE[key]
+
+
+def _f0_comb_mask(mag: np.ndarray, sr: int, n_fft: int, p: SpectralParams) -> np.ndarray:
+    """Soft comb at the harmonics of the frame's predominant F0; 1 where unvoiced."""
+    mat, f0s = _salience_matrix(sr, n_fft, p)
+    comp = np.sqrt(mag)
+    sal = np.asarray((mat.T @ comp.T).T)  # (T, C)
+    best = np.argmax(sal, axis=1)
+    peak = sal[np.arange(len(best)), best]
+    contrast = 1.0 - np.median(sal, axis=1) / (peak + EPS)
+    # smooth the pitch track a little (log-F0 median over 5 frames)
+    f0 = np.exp(ndimage.median_filter(np.log(f0s[best]), size=5, mode="nearest"))
+    energy = np.sum(mag * mag, axis=1)
+    loud = energy > 1e-4 * (np.max(energy) + EPS)
+    voiced = np.clip((contrast - p.voicing_floor) / max(1e-3, 1 - p.voicing_floor) * 3, 0, 1) * loud
+    freqs = (np.arange(mag.shape[1]) * sr / n_fft).astype(np.float32)
+    r = freqs[None, :] / f0[:, None]
+    k = np.maximum(np.round(r), 1.0)
+    dist = np.abs(r - k) * f0[:, None]  # Hz to the nearest harmonic
+    width = np.maximum(p.comb_width * freqs[None, :], p.comb_min_bins * sr / n_fft)
+    comb = np.exp(-0.5 * (dist / width) ** 2)
+    comb[r < 0.7] = 0.0
+    fade = np.clip((freqs - p.comb_max_hz) / 2000.0, 0.0, 1.0)[None, :]
+    comb = comb + (1 - comb) * fade
+    return (voiced[:, None] * comb + (1 - voiced[:, None])).astype(np.float32)
+
+
+def _multichannel_wiener(X: np.ndarray, mask: np.ndarray, p: SpectralParams) -> np.ndarray:
+    """Stereo vocal estimate by a 2x2 multichannel Wiener filter.
+
+    Vocal covariance: power ``(mask |mid|)^2`` with a centred spatial image (plus a little
+    diffuse part for reverb). Accompaniment covariance: the locally averaged outer products
+    of the accompaniment estimate ``(1 - mask) x``. The filter can then steer a null at
+    panned accompaniment that overlaps the voice, which a mask cannot.
+    """
+    L, R = X[0], X[1]
+    mid = 0.5 * (L + R)
+    v = (mask * np.abs(mid)) ** 2
+    b = (1.0 - mask) ** 2
+    size = (p.mwf_frames, p.mwf_bins)
+    bll = ndimage.uniform_filter(b * (L.real ** 2 + L.imag ** 2), size=size, mode="nearest")
+    brr = ndimage.uniform_filter(b * (R.real ** 2 + R.imag ** 2), size=size, mode="nearest")
+    lr = L * np.conj(R)
+    blr = (ndimage.uniform_filter(b * lr.real, size=size, mode="nearest")
+           + 1j * ndimage.uniform_filter(b * lr.imag, size=size, mode="nearest"))
+    rho = p.mwf_diffuse
+    vll = v  # vocal: v * [[1, 1-rho], [1-rho, 1]]
+    vlr = v * (1.0 - rho)
+    # total covariance S = Cv + Cb (+ loading)
+    load = 1e-3 * (vll + bll + vll + brr) * 0.5 + EPS
+    sll = vll + bll + load
+    srr = vll + brr + load
+    slr = vlr + blr
+    det = sll * srr - np.abs(slr) ** 2
+    det = np.maximum(det, EPS)
+    # inverse of [[sll, slr], [conj(slr), srr]] = [[srr, -slr], [-conj(slr), sll]] / det
+    ill, irr, ilr = srr / det, sll / det, -slr / det
+    # W = Cv @ S^-1 ; Cv = [[vll, vlr], [vlr, vll]] (real)
+    w11 = vll * ill + vlr * np.conj(ilr)
+    w12 = vll * ilr + vlr * irr
+    w21 = vlr * ill + vll * np.conj(ilr)
+    w22 = vlr * ilr + vll * irr
+    out = np.empty_like(X)
+    out[0] = w11 * L + w12 * R
+    out[1] = w21 * L + w22 * R
+    return out
+
+
 def _separate_chunk(x: np.ndarray, sr: int, n_fft: int, hop: int, p: SpectralParams,
                     steps: _Steps) -> np.ndarray:
     """Vocals of one chunk ``x`` (C, N)."""
@@ -259,6 +369,8 @@ def _separate_chunk(x: np.ndarray, sr: int, n_fft: int, hop: int, p: SpectralPar
     steps.step()
     if p.harmonic_power > 0:
         mask *= _harmonic_mask(mag * mask, sr, n_fft, hop, p) ** p.harmonic_power
+    if p.comb_power > 0:
+        mask *= _f0_comb_mask(mag * mask, sr, n_fft, p) ** p.comb_power
     freqs = np.arange(f) * sr / n_fft
     if p.low_cut_hz > 0:
         mask *= (1.0 / (1.0 + (p.low_cut_hz / np.maximum(freqs, 1.0)) ** 4)).astype(np.float32)
@@ -269,6 +381,10 @@ def _separate_chunk(x: np.ndarray, sr: int, n_fft: int, hop: int, p: SpectralPar
     if p.floor > 0:
         final = p.floor + (1 - p.floor) * final
     final = final.astype(np.float32)
-    out = _istft(X * final[None], x.shape[1], n_fft, hop, win)
+    if c == 2 and p.mwf:
+        Y = _multichannel_wiener(X, final, p)
+    else:
+        Y = X * final[None]
+    out = _istft(Y, x.shape[1], n_fft, hop, win)
     steps.step()
     return out
