@@ -80,6 +80,7 @@ class CoverJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    expired_at = models.DateTimeField(null=True, blank=True, help_text="When cleanup deleted the job's files.")
 
     task_id = models.CharField(max_length=64, blank=True, default="", db_index=True,
                                help_text="The RQ job id of the current attempt.")
@@ -107,3 +108,75 @@ class CoverJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+
+# --------------------------------------------------------------------------------------------
+# voice-model registry and cleanup bookkeeping (staff admin, issue 5)
+# --------------------------------------------------------------------------------------------
+class VoiceModel(models.Model):
+    """A registered ``model_id``: its engine, files and default parameters.
+
+    Paths are relative to COVER_MODELS_ROOT or absolute inside COVER_MODELS_ALLOWED_ROOTS;
+    covers.voice_models checks them (and that the weights load safely) before saving."""
+
+    class Engine(models.TextChoices):
+        WORLD = "world", "WORLD (built in)"
+        GPT_SOVITS_COMMAND = "gpt-sovits-command", "GPT-SoVITS (command)"
+        GPT_SOVITS_API = "gpt-sovits-api", "GPT-SoVITS (api_v2 server)"
+
+    model_id = models.SlugField(max_length=100, unique=True,
+                                help_text="The model_id clients send (letters, digits, - and _).")
+    name = models.CharField("display name", max_length=120)
+    engine = models.CharField(max_length=64, choices=Engine.choices, default=Engine.WORLD)
+    gpt_weights = models.CharField(max_length=500, blank=True, default="",
+                                   help_text="GPT weights (*.ckpt): relative to the models root, or absolute "
+                                             "inside an allowed root.")
+    sovits_weights = models.CharField(max_length=500, blank=True, default="",
+                                      help_text="SoVITS weights (*.pth), same rules.")
+    reference_audio = models.CharField(max_length=500, blank=True, default="",
+                                       help_text="Optional default reference clip (3-10 s), same rules.")
+    reference_text = models.TextField(blank=True, default="", help_text="The reference clip's transcript.")
+    default_pitch_shift = models.FloatField(default=0.0, help_text="Semitones, -24..24.")
+    default_auto_pitch = models.BooleanField(default=False)
+    default_reverb = models.FloatField(default=0.0, help_text="Wet amount 0..1.")
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False, help_text="Used when a job names no model_id (one model).")
+
+    last_test_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_test_ok = models.BooleanField(null=True, editable=False)
+    last_test_message = models.TextField(blank=True, default="", editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("model_id",)
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True),
+                                    name="covers_voicemodel_one_default"),
+            models.CheckConstraint(condition=models.Q(is_default=False) | models.Q(enabled=True),
+                                   name="covers_voicemodel_default_enabled"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ({self.engine})"
+
+
+class CleanupRun(models.Model):
+    """One pass of covers.cleanup (periodic, or `manage.py purge_expired_jobs`)."""
+
+    started_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    trigger = models.CharField(max_length=16, default="periodic")  # periodic | command | admin
+    dry_run = models.BooleanField(default=False)
+    jobs_expired = models.PositiveIntegerField(default=0)
+    files_deleted = models.PositiveIntegerField(default=0)
+    orphans_deleted = models.PositiveIntegerField(default=0)
+    bytes_freed = models.BigIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ("-started_at",)
+
+    def __str__(self) -> str:
+        return f"cleanup {self.started_at:%Y-%m-%d %H:%M:%S}"
