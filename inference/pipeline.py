@@ -113,6 +113,9 @@ class Pipeline:
             state["sep"] = stage("separate", lambda ctx: separate.run(state["pre"], cfg, ctx))
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
             state["mix"] = stage("mix", lambda ctx: mix.run(state["pre"], state["sep"], state["conv"], cfg, ctx))
+            # finalize needs only the master and the input facts: let the stems go (10-minute songs)
+            state["sep"] = state["conv"] = None
+            state["pre"].song = None
             result: PipelineResult = stage(
                 "finalize", lambda ctx: finalize.run(state["pre"], state["mix"], cfg, report, ctx))
         finally:

@@ -70,14 +70,12 @@ def run(pre: Preprocessed, sep: Separated, conv: Converted, cfg: PipelineConfig,
         vocal *= np.float32(loudness.db_to_gain(match_db + cfg.mix.vocal_gain_db))
     else:
         info.update({"converted_lufs": loudness.SILENCE_DB, "vocal_match_gain_db": 0.0})
-        if not sep.has_vocals:
-            # no singing found: what the separator put in the vocal stem is music; keep it
-            vocal = None
+
     ctx.check_cancel()
 
     ctx.progress(0.4, "summing")
     master = inst * np.float32(loudness.db_to_gain(cfg.mix.instrumental_gain_db))
-    master = master + (sep.vocals[:, :n] if vocal is None else vocal[None, :])
+    master = master + vocal[None, :]
     del vocal
     ctx.progress(0.5, "mastering (loudness + true-peak limiter)")
     master, rep = loudness.normalize(master, sr, cfg.mix.target_lufs, cfg.mix.true_peak_dbtp)

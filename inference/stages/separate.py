@@ -114,6 +114,9 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext) -> Separated:
     if not has_vocals:
         ctx.warn(f"no vocals detected in the song ({why}); nothing was converted and the cover is the "
                  "song's music as it is")
+        # what the separator put in the vocal stem is music: the whole song is the instrumental
+        inst = np.ascontiguousarray(pre.song, dtype=np.float32).copy()
+        vocals = np.zeros_like(inst)
     ctx.info.update({"vocal_level_db": round(voc_db, 2), "song_level_db": round(song_db, 2),
                      "vocal_voice_fraction": None if speech is None else round(speech, 3),
                      "song_voice_fraction": None if in_song is None else round(in_song, 3),
