@@ -1,5 +1,7 @@
+from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.staticfiles.views import serve as serve_static
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
@@ -9,3 +11,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+if settings.COVER_SERVE_STATIC:
+    # daphne serves no static files by itself: the admin's and the API docs' (Swagger UI from
+    # drf-spectacular-sidecar) come from the apps' static folders. Put a proxy/CDN in front in
+    # production and set COVER_SERVE_STATIC=false.
+    urlpatterns += [re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True})]

@@ -89,6 +89,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+COVER_SERVE_STATIC = env.bool("COVER_SERVE_STATIC", default=True)
 STATIC_ROOT = Path(env("COVER_STATIC_ROOT", default=str(VAR_DIR / "static")))
 
 # --- files: inputs, stems and results go through Django's storage API ---
