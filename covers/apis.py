@@ -3,6 +3,7 @@
 Views validate input, call a service or selector, and answer; rules live in services."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -14,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .auth import Caller
-from .errors import Conflict, NotFound, UploadTooLarge
+from .errors import Conflict, Gone, NotFound, UploadTooLarge
 from .models import CoverJob
 from .selectors import cover_job_get, cover_job_list
 from .services import cover_job_cancel, cover_job_create, cover_job_delete
@@ -44,6 +45,7 @@ class CoverJobOutputSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
+    expired_at = serializers.DateTimeField(allow_null=True, help_text="When the cleanup deleted the files.")
     links = serializers.SerializerMethodField()
 
     def to_representation(self, job):
@@ -59,7 +61,7 @@ class CoverJobOutputSerializer(serializers.Serializer):
             return request.build_absolute_uri(path) if request is not None else path
 
         links = {"self": url("job-detail"), "cancel": url("job-cancel")}
-        if job.status == CoverJob.Status.SUCCEEDED:
+        if job.status == CoverJob.Status.SUCCEEDED and job.expired_at is None:
             links["result"] = url("job-result")
             links["artifacts"] = {name: url("job-artifact", name=name) for name in CoverJob.ARTIFACTS
                                   if getattr(job, name)}
@@ -79,9 +81,11 @@ class CoverJobCreateApi(APIView):
         reference_voice = serializers.FileField(help_text="A clean recording of the target voice (3-60 s).")
         model_id = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
                                           max_length=100)
-        pitch_shift = serializers.FloatField(required=False, default=0.0, min_value=-24, max_value=24,
-                                             help_text="Semitones, -24..24.")
-        auto_pitch = serializers.BooleanField(required=False, default=False)
+        # No defaults here: left out, they come from the model's defaults (covers.voice_models).
+        pitch_shift = serializers.FloatField(required=False, min_value=-24, max_value=24,
+                                             help_text="Semitones, -24..24 (default: the model's, else 0).")
+        auto_pitch = serializers.BooleanField(required=False, allow_null=True, default=None,
+                                             help_text="Default: the model's, else false.")
         reference_text = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
         target_text = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
         separator = serializers.CharField(required=False, allow_blank=True, max_length=64)
@@ -169,6 +173,9 @@ class CoverJobCancelApi(APIView):
 
 
 def _file_of(job: CoverJob, field: str, filename: str) -> FileResponse:
+    if job.expired_at is not None:
+        raise Gone(f"the job's files were deleted on {job.expired_at:%Y-%m-%d %H:%M} UTC, "
+                   f"{settings.COVER_RESULT_TTL_HOURS:g} hours after it finished; submit the job again")
     if job.status != CoverJob.Status.SUCCEEDED:
         reason = {"queued": "the job is still queued", "running": "the job is still running",
                   "failed": "the job failed", "canceled": "the job was canceled"}[job.status]
@@ -185,7 +192,7 @@ def _file_of(job: CoverJob, field: str, filename: str) -> FileResponse:
 
 class CoverJobResultApi(APIView):
     @extend_schema(operation_id="cover_jobs_result", summary="Download the cover (WAV)",
-                   responses={(200, "audio/wav"): OpenApiTypes.BINARY, **_errors(401, 404, 409)})
+                   responses={(200, "audio/wav"): OpenApiTypes.BINARY, **_errors(401, 404, 409, 410)})
     def get(self, request, job_id):
         job = cover_job_get(job_id=job_id, caller=Caller.from_request(request))
         return _file_of(job, "result", f"cover-{job.id}.wav")
@@ -209,3 +216,24 @@ class CoverJobsEndpoint(CoverJobListApi, CoverJobCreateApi):
 
 class CoverJobEndpoint(CoverJobDetailApi, CoverJobDeleteApi):
     pass
+
+
+class VoiceModelOutputSerializer(serializers.Serializer):
+    model_id = serializers.CharField()
+    name = serializers.CharField()
+    engine = serializers.CharField()
+    is_default = serializers.BooleanField()
+    defaults = serializers.SerializerMethodField()
+
+    def get_defaults(self, model) -> dict:
+        return {"pitch_shift": model.default_pitch_shift, "auto_pitch": model.default_auto_pitch,
+                "reverb": model.default_reverb}
+
+
+class VoiceModelListApi(APIView):
+    @extend_schema(operation_id="cover_models_list", summary="The enabled voice models (model_id values)",
+                   responses={200: VoiceModelOutputSerializer(many=True), **_errors(401)})
+    def get(self, request):
+        from .voice_models import voice_model_list_enabled
+
+        return Response({"results": VoiceModelOutputSerializer(voice_model_list_enabled(), many=True).data})

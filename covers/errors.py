@@ -56,3 +56,10 @@ class QueueUnavailable(CoverError):
 
 class IllegalTransition(Exception):
     """A status change the state machine forbids (internal; callers usually treat it as a no-op)."""
+
+
+class Gone(CoverError):
+    """The job's files were deleted by the cleanup (the row stays, marked expired)."""
+
+    status_code = 410
+    code = "expired"

@@ -58,7 +58,9 @@ def _engine_options(kind: str, name: str) -> dict:
 
 
 def build_pipeline_config(job: CoverJob):
-    from inference import Limits, PipelineConfig
+    from inference import Limits, MixOptions, PipelineConfig
+
+    from .voice_models import voice_model_engine_options
 
     p = job.parameters or {}
     separator = p.get("separator") or settings.COVER_SEPARATOR
@@ -71,6 +73,10 @@ def build_pipeline_config(job: CoverJob):
         opts = _engine_options(kind, name)
         if opts:
             engine_options[name] = opts
+    # A registered model's files (covers.voice_models) for the converter that uses them.
+    model_opts = voice_model_engine_options(model_id=p.get("model_id"), converter=converter)
+    if model_opts:
+        engine_options[converter] = {**engine_options.get(converter, {}), **model_opts}
     return PipelineConfig(
         separator=separator, converter=converter,
         pitch_shift=float(p.get("pitch_shift") or 0.0), auto_pitch=bool(p.get("auto_pitch")),
@@ -81,6 +87,7 @@ def build_pipeline_config(job: CoverJob):
                       min_sample_rate=settings.COVER_MIN_SAMPLE_RATE,
                       max_sample_rate=settings.COVER_MAX_SAMPLE_RATE, max_channels=settings.COVER_MAX_CHANNELS),
         engine_options=engine_options, device=settings.COVER_DEVICE or None,
+        mix=MixOptions(reverb=float(p.get("reverb") or 0.0)),
     )
 
 

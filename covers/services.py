@@ -174,18 +174,28 @@ def _new_task_id(job_id, attempt: int) -> str:
     return f"cover-{job_id}-{attempt}"
 
 
-def cover_job_create(*, caller, song, reference_voice, model_id: str | None = None, pitch_shift: float = 0.0,
-                     auto_pitch: bool = False, reference_text: str = "", target_text: str = "",
+def cover_job_create(*, caller, song, reference_voice, model_id: str | None = None,
+                     pitch_shift: float | None = None, auto_pitch: bool | None = None,
+                     reference_text: str = "", target_text: str = "",
                      separator: str | None = None, converter: str | None = None) -> CoverJob:
     """Validate the uploads by content, store them, insert the row and enqueue after commit.
 
     Redis unreachable -> QueueUnavailable and no row (checked before the insert, and the row is
     removed again if the enqueue after commit fails).
+    ``model_id`` (none: the default model) must be a registered, enabled model or one the inherited
+    GPT-SoVITS rules find (400 naming model_id otherwise); a registered model's engine is the
+    converter unless ``converter`` is given, and its defaults fill pitch_shift/auto_pitch/reverb
+    when those are None.
     """
+    from .limits import check_song_duration, upload_limits_for_key
+    from .voice_models import voice_model_for_request
+
     api_key = caller.api_key
     _check_key_limits(api_key)
-    limits = UploadLimits.for_key(api_key)
+    chosen = voice_model_for_request(model_id)
+    limits = upload_limits_for_key(api_key)
     song_info = inspect_upload("song", song, limits)
+    check_song_duration(api_key, song_info)
     ref_info = inspect_upload("reference_voice", reference_voice, limits, reference=True)
     _ping_queue()
 
@@ -194,9 +204,13 @@ def cover_job_create(*, caller, song, reference_voice, model_id: str | None = No
     job = CoverJob(
         id=job_id, owner=api_key, user=user, status=S.QUEUED, task_id=_new_task_id(job_id, 1), attempt=1,
         parameters={
-            "model_id": model_id or None, "pitch_shift": float(pitch_shift), "auto_pitch": bool(auto_pitch),
+            "model_id": chosen.model_id,
+            "pitch_shift": float(pitch_shift if pitch_shift is not None else chosen.defaults.get("pitch_shift", 0.0)),
+            "auto_pitch": bool(auto_pitch if auto_pitch is not None else chosen.defaults.get("auto_pitch", False)),
+            "reverb": float(chosen.defaults.get("reverb", 0.0)),
             "reference_text": reference_text or "", "target_text": target_text or "",
-            "separator": separator or settings.COVER_SEPARATOR, "converter": converter or settings.COVER_CONVERTER,
+            "separator": separator or settings.COVER_SEPARATOR,
+            "converter": converter or chosen.engine or settings.COVER_CONVERTER,
         },
         input_info={"song": song_info, "reference_voice": ref_info},
     )

@@ -10,4 +10,5 @@ urlpatterns = [
     path("jobs/<str:job_id>/result", apis.CoverJobResultApi.as_view(), name="job-result"),
     path("jobs/<str:job_id>/artifacts/<str:name>", apis.CoverJobArtifactApi.as_view(), name="job-artifact"),
     path("jobs/<str:job_id>/cancel", apis.CoverJobCancelApi.as_view(), name="job-cancel"),
+    path("models", apis.VoiceModelListApi.as_view(), name="models"),
 ]

@@ -203,3 +203,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- staff admin: voice-model registry, periodic cleanup ---
+# Registered models' files: relative paths are under COVER_MODELS_ROOT; absolute ones must lie
+# inside COVER_MODELS_ROOT, GPT_SOVITS_PROJECT_ROOT or one of COVER_MODELS_ALLOWED_ROOTS.
+COVER_MODELS_ROOT = Path(env("COVER_MODELS_ROOT", default=str(VAR_DIR / "models")))
+COVER_MODELS_ALLOWED_ROOTS = env.list("COVER_MODELS_ALLOWED_ROOTS", default=[])
+# The cleanup job re-schedules itself through RQ's scheduler every this many seconds; the cover
+# worker runs that scheduler itself (COVER_WORKER_WITH_SCHEDULER), so no system cron is needed.
+COVER_CLEANUP_INTERVAL_SECONDS = env.int("COVER_CLEANUP_INTERVAL_SECONDS", default=600)
+COVER_WORKER_WITH_SCHEDULER = env.bool("COVER_WORKER_WITH_SCHEDULER", default=True)

@@ -353,7 +353,9 @@ class GptSovitsCommandConverter:
 
     Options: ``template``, ``python_exec``, ``project_root``, ``timeout`` (default 1800 s),
     ``env``, ``asr`` (options for the ``faster-whisper`` ASR engine, used to fill missing
-    texts), ``language`` / ``prompt_language`` (hints for ASR).
+    texts), ``language`` / ``prompt_language`` (hints for ASR), ``models``
+    (``{model_id: {"gpt_weights": ..., "sovits_weights": ...}}``: registered models' files, used
+    for ``{gpt_weights}``/``{sovits_weights}`` before searching ``project_root``).
     """
 
     name = "gpt-sovits-command"
@@ -361,8 +363,10 @@ class GptSovitsCommandConverter:
 
     def __init__(self, template: str | None = None, python_exec: str | None = None,
                  project_root: str | None = None, timeout: float = 1800.0, env: dict[str, str] | None = None,
-                 asr: dict | None = None, language: str | None = None, prompt_language: str | None = None):
+                 asr: dict | None = None, language: str | None = None, prompt_language: str | None = None,
+                 models: dict[str, dict[str, str]] | None = None):
         self.template = _template(template, "COVER_INFER_CMD_TEMPLATE")
+        self.models = dict(models or {})
         self.python_exec = python_exec or sys.executable
         self.project_root = project_root
         self.timeout = float(timeout) if timeout else None
@@ -392,9 +396,13 @@ class GptSovitsCommandConverter:
                   "model_id": params.model_id or "", "pitch_shift": f"{float(params.pitch_shift):g}",
                   "reference_text": ref_text, "target_text": tgt_text}
         if "gpt_weights" in names or "sovits_weights" in names:
-            from ..models import resolve_gpt_sovits_model
-            m = resolve_gpt_sovits_model(self.project_root, params.model_id)
-            values.update(gpt_weights=m.gpt_weights, sovits_weights=m.sovits_weights)
+            entry = self.models.get(params.model_id) if params.model_id else None
+            if entry and entry.get("gpt_weights") and entry.get("sovits_weights"):
+                values.update(gpt_weights=entry["gpt_weights"], sovits_weights=entry["sovits_weights"])
+            else:
+                from ..models import resolve_gpt_sovits_model
+                m = resolve_gpt_sovits_model(self.project_root, params.model_id)
+                values.update(gpt_weights=m.gpt_weights, sovits_weights=m.sovits_weights)
         env = dict(self.env)
         if "reference_text" not in names or "target_text" not in names:
             env["COVER_REFERENCE_TEXT"] = ref_text

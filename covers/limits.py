@@ -1,0 +1,30 @@
+"""Per-API-key limits that the create service checks beyond covers.services' own
+(``_check_key_limits``: 429 for concurrent and daily jobs; covers.uploads: 413 for the file size).
+
+A key's ``max_song_seconds`` is a quota of the key, not a property of the audio, so exceeding
+it is a 413 ``song_too_long`` (the service-wide COVER_MAX_SONG_SECONDS stays a 422 ``too_long``).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from django.conf import settings
+
+from .errors import UploadTooLarge
+from .uploads import UploadLimits
+
+
+def upload_limits_for_key(api_key) -> UploadLimits:
+    """The upload limits for probing: the key's size limit, but the service-wide song duration
+    (the key's own duration limit is checked by :func:`check_song_duration`)."""
+    limits = UploadLimits.for_key(api_key)
+    return replace(limits, max_song_seconds=settings.COVER_MAX_SONG_SECONDS)
+
+
+def check_song_duration(api_key, song_info: dict) -> None:
+    if api_key is None or not api_key.max_song_seconds:
+        return
+    duration = float(song_info.get("duration") or 0)
+    if duration > api_key.max_song_seconds:
+        raise UploadTooLarge(f"song is {duration:.1f} s long; this API key accepts songs of at most "
+                             f"{api_key.max_song_seconds:g} s", field="song", code="song_too_long")
