@@ -34,6 +34,12 @@ class CoverWorker(SimpleWorker):
 
     # -- lifecycle -------------------------------------------------------------------------
     def work(self, *args, **kwargs):
+        if not kwargs.get("burst"):
+            # RQ's scheduler (a forked process holding a per-queue lock, so one per queue across
+            # workers) runs the periodic cleanup chain (covers.cleanup): no system cron needed.
+            if settings.COVER_WORKER_WITH_SCHEDULER:
+                kwargs["with_scheduler"] = True
+            self._ensure_cleanup_scheduled()
         self._start_background()
         try:
             return super().work(*args, **kwargs)
@@ -80,6 +86,7 @@ class CoverWorker(SimpleWorker):
                 if time.monotonic() - self._last_reconcile >= settings.COVER_RECONCILE_INTERVAL_SECONDS:
                     self._last_reconcile = time.monotonic()
                     self.reconcile()
+                    self._ensure_cleanup_scheduled()
                 close_old_connections()
         finally:
             connection.close()
@@ -98,6 +105,14 @@ class CoverWorker(SimpleWorker):
             services.cover_job_heartbeat(job_id=job_id, attempt=int(attempt))
         except Exception as exc:
             log.warning("row heartbeat failed: %s", exc)
+
+    def _ensure_cleanup_scheduled(self) -> None:
+        try:
+            from .cleanup import ensure_cleanup_scheduled
+            if ensure_cleanup_scheduled():
+                log.info("periodic cleanup scheduled (every %s s)", settings.COVER_CLEANUP_INTERVAL_SECONDS)
+        except Exception as exc:
+            log.warning("could not schedule the periodic cleanup: %s", exc)
 
     def reconcile(self) -> dict:
         out: dict = {}
