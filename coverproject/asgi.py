@@ -1,7 +1,8 @@
 """ASGI entry point: `daphne coverproject.asgi:application`.
 
 HTTP goes to Django; WebSocket routes come from ``covers.routing.websocket_urlpatterns``
-(session + origin checked here; per-route auth lives in the consumers).
+(origin checked against ALLOWED_HOSTS, then the caller - API key header, signed token or session -
+resolved by covers.ws_auth; the consumers decide what that caller may follow).
 """
 import os
 
@@ -13,11 +14,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from covers.routing import websocket_urlpatterns  # noqa: E402
+from covers.ws_auth import AllowedHostsOriginValidator, CallerMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    "websocket": AllowedHostsOriginValidator(
+        AuthMiddlewareStack(CallerMiddleware(URLRouter(websocket_urlpatterns)))),
 })

@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/v1/cover/", include("covers.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("covers.web")),  # the cover page, log in/out
 ]
 
 if settings.COVER_SERVE_STATIC:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import apis
+from . import apis, web
 
 app_name = "covers"
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("jobs/<str:job_id>/artifacts/<str:name>", apis.CoverJobArtifactApi.as_view(), name="job-artifact"),
     path("jobs/<str:job_id>/cancel", apis.CoverJobCancelApi.as_view(), name="job-cancel"),
     path("models", apis.VoiceModelListApi.as_view(), name="models"),
+    path("ws-token", web.WsTokenApi.as_view(), name="ws-token"),
 ]

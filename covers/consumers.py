@@ -1,0 +1,157 @@
+"""WebSocket consumers: follow one job, or all of the caller's jobs.
+
+Thin, like the APIs: the caller comes from covers.ws_auth (``scope["cover_caller"]``), reads go
+through covers.selectors, events come from covers.notifications (message type ``job.update``).
+
+On connect a consumer joins its groups *first*, then reads the snapshot from the database and
+sends it, so no change can fall between the two; events older than what was already sent for a
+job (they may have been queued while the snapshot was read) are skipped, so a client never sees
+a job go backwards. The per-job consumer closes normally (1000) after a terminal status.
+
+Close codes: 4401 not authenticated, 4403 another caller's job, 4404 unknown job.
+Progress is throttled where it is written (covers.services.cover_job_progress: one write and
+one event per COVER_PROGRESS_MIN_INTERVAL per job; stage and status changes always pass).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import notifications
+from .models import APIKey, CoverJob
+from .selectors import cover_job_list, cover_job_visible
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+LIST_SNAPSHOT_SIZE = 20
+
+_STAGES = list(CoverJob.Stage.values)
+_RANK = {CoverJob.Status.QUEUED: 0, CoverJob.Status.RUNNING: 1}
+
+
+def _order_key(event: dict) -> tuple:
+    """How far along a job event is: (status rank, progress, stage index). Terminal is last."""
+    status = event.get("status")
+    rank = _RANK.get(status, 2)
+    stage = event.get("stage")
+    return rank, int(event.get("progress") or 0), _STAGES.index(stage) if stage in _STAGES else -1
+
+
+def _job_snapshot(caller, job_id: str) -> tuple[dict | None, int]:
+    """(event, 0) for a visible job, (None, 4403) for someone else's, (None, 4404) for none."""
+    try:
+        uid = uuid.UUID(job_id)
+    except ValueError:
+        return None, CLOSE_NOT_FOUND
+    job = cover_job_visible(caller=caller).filter(pk=uid).first()
+    if job is not None:
+        return notifications.job_event(job), 0
+    if CoverJob.objects.filter(pk=uid).exists():
+        return None, CLOSE_FORBIDDEN
+    return None, CLOSE_NOT_FOUND
+
+
+def _list_snapshot(caller) -> list[dict]:
+    jobs = list(cover_job_list(caller=caller)[:LIST_SNAPSHOT_SIZE])
+    return [notifications.job_event(job) for job in reversed(jobs)]  # oldest first
+
+
+def _caller_groups(caller) -> list[str]:
+    if caller.api_key is not None:
+        return [notifications.owner_group(caller.api_key.prefix)]
+    # a session user sees their own jobs and those of the keys they own (covers.selectors)
+    prefixes = APIKey.objects.filter(owner=caller.user).values_list("prefix", flat=True)
+    return [notifications.user_group(caller.user.pk)] + [notifications.owner_group(p) for p in prefixes]
+
+
+class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    """Shared: authentication, group bookkeeping, ordered forwarding of job.update events."""
+
+    groups_joined: list[str]
+
+    async def connect(self):
+        self.groups_joined = []
+        self.last_sent: dict[str, tuple] = {}
+        self.caller = self.scope.get("cover_caller")
+        # Accept first: a close before the handshake's answer reaches the client as HTTP 403
+        # with no close code, and the codes are the point.
+        await self.accept()
+        if self.caller is None:
+            log.info("websocket refused: %s", self.scope.get("cover_auth_error") or "no credentials")
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self.start()
+
+    async def start(self):
+        raise NotImplementedError
+
+    async def join(self, groups: list[str]) -> None:
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.append(group)
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = []
+
+    async def forward(self, event: dict) -> bool:
+        """Send ``event`` unless it is older than, or the same as, what this client already has."""
+        job_id = event.get("job_id")
+        key = _order_key(event)
+        last = self.last_sent.get(job_id)
+        if last is not None and (last[0] == 2 or key <= last):
+            return False  # stale, a repeat, or after a terminal status (which is final)
+        self.last_sent[job_id] = key
+        await self.send_json({k: event.get(k) for k in
+                              ("type", "job_id", "status", "stage", "progress", "error_message", "ts")})
+        return True
+
+    async def receive_json(self, content, **kwargs):
+        pass  # clients only listen
+
+
+class JobConsumer(_JobEventsConsumer):
+    """``ws/cover/jobs/<job_id>/``: the snapshot, then each change, closed after a terminal one."""
+
+    async def start(self):
+        try:
+            self.job_id = str(uuid.UUID(self.scope["url_route"]["kwargs"]["job_id"]))
+        except ValueError:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        # join before reading: a change committed after the read still reaches this client
+        await self.join([notifications.job_group(self.job_id)])
+        event, refused = await database_sync_to_async(_job_snapshot)(self.caller, self.job_id)
+        if refused:
+            await self.close(code=refused)
+            return
+        await self.job_update(event)
+
+    async def job_update(self, event):
+        if event.get("job_id") != self.job_id:
+            return
+        if await self.forward(event) and event.get("status") in CoverJob.TERMINAL:
+            await self.disconnect(CLOSE_NORMAL)
+            await self.close(code=CLOSE_NORMAL)
+
+
+class JobListConsumer(_JobEventsConsumer):
+    """``ws/cover/jobs/``: the caller's recent jobs (oldest first), then every change of any of
+    their jobs, new ones included. Never closes by itself."""
+
+    async def start(self):
+        groups = await database_sync_to_async(_caller_groups)(self.caller)
+        await self.join(groups)
+        for event in await database_sync_to_async(_list_snapshot)(self.caller):
+            await self.forward(event)
+
+    async def job_update(self, event):
+        await self.forward(event)
