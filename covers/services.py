@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -373,3 +374,56 @@ def cover_jobs_reconcile() -> dict:
             except Exception as exc:
                 log.warning("re-enqueue of %s failed: %s", job.id, exc)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# staff operations (the admin's job actions)
+# --------------------------------------------------------------------------------------------
+def cover_job_retry(*, job: CoverJob) -> CoverJob:
+    """A NEW job from ``job``'s stored inputs and parameters (same key and user), enqueued after
+    commit. The old row is left as it is. Conflict when its inputs are gone (expired, purged)."""
+    from django.core.files import File
+
+    if job.expired_at is not None or not job.song or not job.reference_voice:
+        raise Conflict("the job's input files were deleted (expired or purged); it cannot be retried",
+                       code="inputs_gone")
+    _ping_queue()
+    new_id = uuid.uuid4()
+    new = CoverJob(id=new_id, owner=job.owner, user=job.user, status=S.QUEUED, task_id=_new_task_id(new_id, 1),
+                   attempt=1, parameters={**(job.parameters or {}), "retry_of": str(job.id)},
+                   input_info=job.input_info)
+    try:
+        for field in ("song", "reference_voice"):
+            src = getattr(job, field)
+            name = Path(src.name).name
+            with src.open("rb") as fh:
+                getattr(new, field).save(name, File(fh, name=name), save=False)
+    except FileNotFoundError:
+        _delete_files(new)
+        raise Conflict("the job's input files are missing from storage; it cannot be retried",
+                       code="inputs_gone") from None
+    try:
+        with transaction.atomic():
+            new.save(force_insert=True)
+            transaction.on_commit(partial(_enqueue_after_commit, new))
+    except QueueUnavailable:
+        raise
+    except BaseException:
+        _delete_files(new)
+        raise
+    return new
+
+
+def cover_job_purge_files(*, job: CoverJob) -> int:
+    """Delete a finished job's inputs, stems and result now (the row stays, marked expired, and
+    its file endpoints answer 410). Conflict for queued/running jobs. Returns files deleted."""
+    if job.status in CoverJob.ACTIVE:
+        raise Conflict(f"the job is {job.status}; cancel it before purging its files", code="job_active")
+    now = timezone.now()
+    names = [getattr(job, f).name for f in FILE_FIELDS if getattr(job, f)]
+    updated = CoverJob.objects.filter(pk=job.pk, status__in=CoverJob.TERMINAL).update(
+        expired_at=now, updated_at=now, **{f: "" for f in FILE_FIELDS})
+    if updated != 1:
+        raise Conflict("the job changed meanwhile; try again", code="conflict")
+    _delete_files(job)
+    return len(names)

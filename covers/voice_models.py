@@ -160,17 +160,22 @@ def voice_model_save(*, model: VoiceModel, load_weights: bool = True) -> VoiceMo
     with transaction.atomic():
         others = VoiceModel.objects.select_for_update().exclude(pk=model.pk)
         current_default = others.filter(is_default=True).first()
-        if model.pk is not None:
-            was = VoiceModel.objects.filter(pk=model.pk).values_list("is_default", flat=True).first()
-            if was and not model.is_default:
-                raise ModelInvalid({"is_default": "this is the default model; make another model the "
-                                                  "default instead"})
+        voice_model_check_default_change(model=model)
         if current_default is None and model.enabled:
             model.is_default = True
         if model.is_default:
             others.filter(is_default=True).update(is_default=False)
         model.save()
     return model
+
+
+def voice_model_check_default_change(*, model: VoiceModel) -> None:
+    """The current default stays the default until another model is made the default."""
+    if model.pk is None or model.is_default:
+        return
+    if VoiceModel.objects.filter(pk=model.pk, is_default=True).exists():
+        raise ModelInvalid({"is_default": "this is the default model; make another model the default "
+                                          "instead (it cannot be unset or disabled directly)"})
 
 
 def voice_model_set_default(*, model: VoiceModel) -> VoiceModel:
