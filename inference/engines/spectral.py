@@ -58,9 +58,9 @@ class SpectralParams:
     repeat_strength: float = 0.0   # mask = (1 - (background / mix)^2) ** strength
     repeat_on_mix: bool = True     # similarity/background from the whole mix, not the centre part
     # harmonic/percussive
-    hpss_time_s: float = 0.25
-    hpss_freq_hz: float = 400.0
-    harmonic_power: float = 1.0
+    hpss_time_s: float = 0.2
+    hpss_freq_hz: float = 200.0
+    harmonic_power: float = 2.0
     # pitch-guided harmonic comb (predominant F0 of the centre/harmonic part)
     comb_power: float = 0.5
     f0_min_hz: float = 70.0
@@ -73,11 +73,11 @@ class SpectralParams:
     # band prior
     low_cut_hz: float = 150.0
     # final Wiener-style refinement: mask = V^p / (V^p + B^p)
-    wiener_power: float = 2.0
+    wiener_power: float = 1.5
     floor: float = 0.0             # minimum vocal mask (keeps a little of everything)
     # stereo: multichannel Wiener filter from the mask (spatial null on panned accompaniment)
     mwf: bool = True
-    mwf_frames: int = 9
+    mwf_frames: int = 41
     mwf_bins: int = 3
     mwf_diffuse: float = 0.1
 
