@@ -104,9 +104,14 @@ def check_weights_safe(path: Path) -> None:
         else:
             torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ValueError(f"{path.name} is not a plain weights file and was refused (it would need to run "
-                         f"code to load: {first[:300]})") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if ln.startswith("Unsupported")), None)
+        if why is None:
+            why = next((ln.split("WeightsUnpickler error:", 1)[1].strip() for ln in lines
+                        if "WeightsUnpickler error:" in ln), "") or (lines[0] if lines else exc.__class__.__name__)
+        why = why.split(". Please use")[0]
+        raise ValueError(f"{path.name} is not a plain weights file and was refused: loading it would run "
+                         f"code or build arbitrary objects ({why[:300]})") from None
     except Exception as exc:
         raise ValueError(f"{path.name} could not be loaded as weights ({exc.__class__.__name__}: "
                          f"{str(exc)[:300]})") from None
