@@ -44,7 +44,11 @@ VERSION = "1.0"
 FRAME_MS = 5.0
 N_MEL = 96            # points of the mel-spaced log-envelope grid
 N_CEP = 40            # mel-cepstral coefficients kept
-N_MATCH = 24          # coefficients 1..N_MATCH-1 used to find neighbours
+N_MATCH = 13          # coefficients 1..N_MATCH-1 used to find neighbours (and the warp)
+WARP_RANGE = (0.8, 1.25)   # vocal-tract-length warp factors searched
+WARP_SHRINK = 1.0          # exponent on the estimated factor (pull toward no warp)
+WARP_PRIOR = 0.0           # penalty on log(warp)^2 (pulls toward no warp)
+SMOOTH_FRAMES = 1          # temporal smoothing of the envelope correction (1 = none)
 SINGING_ABOVE_SPEECH = 7.0  # semitones: a voice sings roughly a fifth above its speaking pitch
 
 
@@ -156,7 +160,7 @@ class WorldConverter:
     name = "world"
     version = VERSION
 
-    def __init__(self, work_rate: int = 24000, k: int = 4, knn_weight: float = 0.75,
+    def __init__(self, work_rate: int = 24000, k: int = 4, knn_weight: float = 1.0,
                  chunk_seconds: float = 8.0, workers: int | None = None, f0_model: str | None = None,
                  voicing_threshold: float = 0.3, refine_f0: bool = True, cache_size: int = 8,
                  f0_hop_s: float | None = None):
@@ -393,21 +397,18 @@ class WorldConverter:
         use = voiced & (level > level.max() - 45)
         if use.sum() < 10:
             use = voiced
-        # vocal-tract-length warp: align the average voiced spectra (mel domain, 150 Hz - 7 kHz)
-        mean_src = logsp[use].mean(axis=0)
-        band = (grid.mel_freqs > 150) & (grid.mel_freqs < min(7000, grid.rate / 2 * 0.9))
-        ref_mel = (ref.mean_logsp @ grid.to_mel) if len(ref.mean_logsp) == grid.n_bins else None
-        if ref_mel is None:  # reference analysed at another rate: bring it onto this grid
-            rf = np.linspace(0, grid.rate / 2, len(ref.mean_logsp))
-            ref_mel = np.interp(grid.mel_freqs, rf, ref.mean_logsp)
-        rm = ref_mel[band] - ref_mel[band].mean()
-        best, alpha = -np.inf, 1.0
-        for a in np.exp(np.linspace(np.log(0.8), np.log(1.25), 19)):
-            sm = (grid.warp(mean_src, a) @ grid.to_mel)[band]
-            sm = sm - sm.mean()
-            c = float(np.dot(sm, rm) / (np.linalg.norm(sm) * np.linalg.norm(rm) + 1e-12))
-            if c > best:
-                best, alpha = c, float(a)
+        # vocal-tract-length warp: the factor under which the singer's voiced frames lie nearest
+        # to the reference's frames (mel-cepstra 1..N_MATCH-1, maximum-likelihood VTLN style)
+        vi_all = np.flatnonzero(use)
+        sub = vi_all[np.linspace(0, len(vi_all) - 1, min(len(vi_all), 600)).astype(int)]
+        keys = ref.mcep[:, 1:N_MATCH]
+        best, alpha = np.inf, 1.0
+        for a in np.exp(np.linspace(np.log(WARP_RANGE[0]), np.log(WARP_RANGE[1]), 13)):
+            q = grid.mcep(grid.warp(logsp[sub], a))[:, 1:N_MATCH].astype(np.float32)
+            d = _knn_dist(q, keys, self.k) + WARP_PRIOR * np.log(a) ** 2
+            if d < best:
+                best, alpha = d, float(a)
+        alpha = float(alpha ** WARP_SHRINK)
         logw = grid.warp(logsp, alpha)
         mc = grid.mcep(logw)
         mu, sd = mc[use].mean(axis=0), mc[use].std(axis=0) + 1e-6
@@ -425,9 +426,18 @@ class WorldConverter:
         delta[:, 0] = 0.0  # keep the singer's loudness contour
         # light temporal smoothing of the correction (15 ms)
         from scipy.ndimage import uniform_filter1d
-        delta = uniform_filter1d(delta, size=3, axis=0, mode="nearest")
+        if SMOOTH_FRAMES > 1:
+            delta = uniform_filter1d(delta, size=SMOOTH_FRAMES, axis=0, mode="nearest")
         info.update({"warp_factor": round(alpha, 3), "knn_k": self.k, "knn_weight": self.knn_weight})
         return np.exp(logw + grid.cep_to_bins(delta))
+
+
+def _knn_dist(q: np.ndarray, keys: np.ndarray, k: int) -> float:
+    """Mean distance of the queries to their k nearest keys."""
+    kk = (keys.astype(np.float32) ** 2).sum(axis=1)
+    d = kk[None, :] - 2.0 * (q @ keys.T.astype(np.float32)) + (q ** 2).sum(axis=1)[:, None]
+    part = np.partition(d, k - 1, axis=1)[:, :k]
+    return float(np.sqrt(np.maximum(part, 0)).mean())
 
 
 def _knn_mean(q: np.ndarray, keys: np.ndarray, values: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
