@@ -8,9 +8,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,104 +17,13 @@ import requests
 import soundfile as sf
 
 from tests import signals
+from tests.processes import Stack, database_url  # noqa: F401 (moved there, shared with tests/web)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["preprocess", "separate", "infer", "mix", "finalize"]
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def database_url(settings_dict: dict) -> str:
-    if settings_dict["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{settings_dict['NAME']}"
-    auth = settings_dict.get("USER") or ""
-    if settings_dict.get("PASSWORD"):
-        auth += f":{settings_dict['PASSWORD']}"
-    host = settings_dict.get("HOST") or "127.0.0.1"
-    port = settings_dict.get("PORT") or 5432
-    return f"postgres://{auth}{'@' if auth else ''}{host}:{port}/{settings_dict['NAME']}"
-
-
-class Stack:
-    """daphne + one worker, with logs in a folder (printed when a test fails)."""
-
-    def __init__(self, tmp: Path, env: dict):
-        self.tmp, self.env = tmp, env
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.daphne = self.worker = None
-        self._worker_logs = 0
-
-    def _spawn(self, args: list[str], log_name: str, extra_env: dict | None = None) -> subprocess.Popen:
-        log = open(self.tmp / log_name, "wb")
-        return subprocess.Popen(args, cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-    def start(self) -> None:
-        self.daphne = self._spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                   "coverproject.asgi:application"], "daphne.log")
-        self.start_worker()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.base + "/api/schema/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert self.daphne.poll() is None, self.logs()
-            time.sleep(0.2)
-        else:
-            raise AssertionError("daphne did not start\n" + self.logs())
-        self.wait_worker_ready()
-
-    def start_worker(self, extra_env: dict | None = None) -> None:
-        self._worker_logs += 1
-        self.worker = self._spawn([sys.executable, "manage.py", "rqworker", "cover"],
-                                  f"worker{self._worker_logs}.log", extra_env)
-
-    def wait_worker_ready(self, timeout: float = 60) -> None:
-        from rq import Worker
-
-        from covers.queue import redis_connection
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.worker.poll() is None, self.logs()
-            if any(w.pid == self.worker.pid for w in Worker.all(connection=redis_connection())):
-                return
-            time.sleep(0.2)
-        raise AssertionError("the worker did not register\n" + self.logs())
-
-    def kill_worker(self, sig=signal.SIGKILL) -> None:
-        os.killpg(self.worker.pid, sig)
-        self.worker.wait(timeout=10)
-
-    def stop(self) -> None:
-        for proc in (self.worker, self.daphne):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (self.worker, self.daphne):
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-
-    def logs(self) -> str:
-        out = []
-        for p in sorted(self.tmp.glob("*.log")):
-            out.append(f"----- {p.name} -----\n" + p.read_text(errors="replace")[-6000:])
-        return "\n".join(out)
 
 
 class EventTap:

@@ -31,3 +31,12 @@ def make_job(owner=None, user=None, **fields):
     fields.setdefault("song", "covers/test/song.wav")
     fields.setdefault("reference_voice", "covers/test/ref.wav")
     return CoverJob.objects.create(owner=owner, user=user, **fields)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the test item (the browser test saves a screenshot and
+    prints the server logs on failure)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
