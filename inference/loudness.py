@@ -123,8 +123,8 @@ def db_to_gain(db: float) -> float:
     return 10.0 ** (db / 20.0)
 
 
-def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, *, lookahead_ms: float = 5.0,
-                 release_ms: float = 80.0) -> np.ndarray:
+def limiter_gain(x: np.ndarray | None, sr: int, ceiling_db: float, *, lookahead_ms: float = 5.0,
+                 release_ms: float = 80.0, envelope: np.ndarray | None = None) -> np.ndarray:
     """Smooth per-sample gain (<= 1) that keeps the true peak of ``x * gain`` under the ceiling.
 
     Look-ahead limiter: the gain each sample needs is spread backwards and forwards over the
@@ -133,7 +133,7 @@ def limiter_gain(x: np.ndarray, sr: int, ceiling_db: float, *, lookahead_ms: flo
     any sample needs. A second, longer running minimum + average gives a gentle release.
     """
     ceiling = db_to_gain(ceiling_db)
-    env = peak_envelope(x)
+    env = peak_envelope(x) if envelope is None else envelope
     need = np.minimum(1.0, ceiling / np.maximum(env, 1e-12)).astype(np.float32)
     if np.all(need >= 1.0):
         return np.ones_like(need)
@@ -183,9 +183,11 @@ def normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, ceiling_dbtp: 
     gain_db = float(np.clip(target_lufs - src_lufs, -max_gain_db, max_gain_db))
     limited = False
     out = x
+    env = peak_envelope(x)          # scales with the gain: measured once
     for _ in range(iterations):
-        y = x * np.float32(db_to_gain(gain_db))
-        g = limiter_gain(y, sr, ceiling_dbtp - margin)
+        gain = db_to_gain(gain_db)
+        y = x * np.float32(gain)
+        g = limiter_gain(None, sr, ceiling_dbtp - margin, envelope=env * np.float32(gain))
         if float(g.min()) < 0.9999:
             limited = True
             y *= g

@@ -63,7 +63,10 @@ def run(pre: Preprocessed, sep: Separated, conv: Converted, cfg: PipelineConfig,
         vocal = _effects(vocal, sr, cfg)
         ctx.progress(0.2, "matching the converted vocal's loudness")
         # compare in the same layout: the converted vocal sits on every channel
-        conv_lufs = loudness.integrated_lufs(np.repeat(vocal[None, :], ch, axis=0), sr)
+        # (identical channels: BS.1770 sums channel powers, +10*log10(ch) dB over one channel)
+        conv_lufs = loudness.integrated_lufs(vocal, sr)
+        if conv_lufs > loudness.SILENCE_DB + 1:
+            conv_lufs += 10 * np.log10(ch)
         match_db = float(np.clip(orig_vocal_lufs - conv_lufs, -MAX_MATCH_DB, MAX_MATCH_DB)) \
             if orig_vocal_lufs > loudness.SILENCE_DB + 1 and conv_lufs > loudness.SILENCE_DB + 1 else 0.0
         info.update({"converted_lufs": conv_lufs, "vocal_match_gain_db": match_db})

@@ -27,6 +27,7 @@ NO_VOCALS_ABSOLUTE_DB = -60.0
 
 # No vocals when the Silero VAD finds voice in less than these shares of the vocal stem and the song.
 STEM_VOICE_FRACTION = 0.25
+QUIET_STEM_DB = 6.0         # ... and only when the vocal stem is this far below the song
 SONG_VOICE_FRACTION = 0.10
 
 
@@ -101,7 +102,10 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext) -> Separated:
     voc_db = loudness.rms_db(vocals)
     has_vocals = voc_db > max(NO_VOCALS_ABSOLUTE_DB, song_db + NO_VOCALS_RELATIVE_DB)
     why = f"the vocal stem is {song_db - voc_db:.0f} dB below the song"
-    speech = _voice_fraction(vocals, pre.sr) if has_vocals else None
+    # Only a quiet stem is questioned: a separator's leakage sits well below the song, while
+    # a voice the VAD does not know (synthetic, unusual singing) is usually near the song's level.
+    quiet = song_db - voc_db > QUIET_STEM_DB
+    speech = _voice_fraction(vocals, pre.sr) if has_vocals and quiet else None
     in_song = None
     if speech is not None and speech < STEM_VOICE_FRACTION:
         # A separator always leaks something into the vocal stem; a voice detector tells leaked
