@@ -50,6 +50,9 @@ class PipelineConfig:
     # They are part of the engine cache key.
     engine_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str | None = None                # None: CUDA when present, else CPU
+    # Measure the converted vocal after ``infer`` (pitch accuracy, speaker similarity;
+    # inference.quality) into report["quality"] and PipelineResult.quality.
+    quality_report: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

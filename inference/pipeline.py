@@ -26,6 +26,7 @@ class PipelineResult:
     artifacts: dict[str, Path]          # name -> path, e.g. "cover" -> workdir/cover.wav
     report: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    quality: dict[str, Any] | None = None   # inference.quality.QualityReport.as_dict() (report["quality"])
 
     @property
     def cover(self) -> Path:
@@ -112,6 +113,8 @@ class Pipeline:
             state["pre"] = stage("preprocess", lambda ctx: preprocess.run(song_path, reference_path, cfg, ctx))
             state["sep"] = stage("separate", lambda ctx: separate.run(state["pre"], cfg, ctx))
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
+            if state["conv"].quality is not None:
+                report["quality"] = state["conv"].quality
             state["mix"] = stage("mix", lambda ctx: mix.run(state["pre"], state["sep"], state["conv"], cfg, ctx))
             # finalize needs only the master and the input facts: let the stems go (10-minute songs)
             state["sep"] = state["conv"] = None
@@ -121,6 +124,7 @@ class Pipeline:
         finally:
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
         result.warnings = warnings
+        result.quality = report.get("quality")
         total = time.perf_counter() - t_start
         report["total_seconds"] = round(total, 4)
         dur = (report.get("input") or {}).get("duration") or 0

@@ -28,6 +28,7 @@ class Converted:
     sr: int
     converted: bool          # False when skipped (no vocals)
     path: Path
+    quality: dict | None = None   # inference.quality.QualityReport.as_dict(), when measured
 
 
 def params_from(cfg: PipelineConfig) -> ConversionParams:
@@ -45,7 +46,12 @@ def run(pre: Preprocessed, sep: Separated, cfg: PipelineConfig, ctx: StageContex
         ctx.info.update({"name": cfg.converter, "skipped": True})
         out = np.zeros(n, dtype=np.float32)
         ctx.progress(1.0)
-        return Converted(out, sep.sr, False, audio.write_wav(ctx.workdir / "converted_vocals.wav", out, sep.sr))
+        quality = None
+        if cfg.quality_report:
+            from ..quality import QualityReport
+            quality = QualityReport(None, None, notes=["not measured: no vocal was converted"]).as_dict()
+        return Converted(out, sep.sr, False, audio.write_wav(ctx.workdir / "converted_vocals.wav", out, sep.sr),
+                         quality)
     engine = load_engine("converter", cfg.converter, cfg, ctx.stage)
     ctx.info.update(engine_facts(engine, cfg.converter))
     ctx.progress(0.0, f"converting with {cfg.converter}")
@@ -70,5 +76,28 @@ def run(pre: Preprocessed, sep: Separated, cfg: PipelineConfig, ctx: StageContex
         out = np.pad(out, (0, max(0, n - len(out))))[:n]
     ctx.check_cancel()
     path = audio.write_wav(ctx.workdir / "converted_vocals.wav", out, sep.sr)
+    quality = measure_quality(out, vocal, sep.sr, pre, cfg, ctx) if cfg.quality_report else None
     ctx.progress(1.0)
-    return Converted(out, sep.sr, True, path)
+    return Converted(out, sep.sr, True, path, quality)
+
+
+def measure_quality(out: np.ndarray, vocal: np.ndarray, sr: int, pre: Preprocessed, cfg: PipelineConfig,
+                    ctx: StageContext) -> dict | None:
+    """The quality report (inference.quality) of a conversion; a failure to measure is a warning,
+    never a failed job. Progress stays at the top of the stage (only cancel is checked)."""
+    from .. import quality
+
+    ctx.progress(1.0, "measuring pitch accuracy and speaker similarity")
+    octaves = ctx.info.get("auto_pitch_octaves")   # the world converter says what auto_pitch did
+    try:
+        rep = quality.assess(out, vocal, sr, pre.reference, pre.ref_sr, float(cfg.pitch_shift),
+                             device=ctx.device, auto_pitch=bool(cfg.auto_pitch),
+                             octave_shift=int(octaves) if octaves is not None else None,
+                             progress=lambda _f: ctx.check_cancel())
+    except (PipelineError, Canceled):
+        raise
+    except Exception as exc:
+        log.exception("quality report failed")
+        ctx.warn(f"the quality report could not be made ({exc.__class__.__name__})")
+        return None
+    return rep.as_dict()
