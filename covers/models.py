@@ -74,6 +74,9 @@ class CoverJob(models.Model):
     converted_vocals = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
     report = models.JSONField(default=dict, blank=True)  # the pipeline's report.json
     timings = models.JSONField(default=dict, blank=True)  # stage -> seconds
+    # inference.quality's report: pitch_accuracy, speaker_similarity, original_similarity, notes...
+    quality = models.JSONField(default=dict, blank=True)
+    quality_warning = models.BooleanField(default=False, help_text="Pitch accuracy under 85%.")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
