@@ -129,10 +129,17 @@ COVER_RECONCILE_INTERVAL_SECONDS = env.int("COVER_RECONCILE_INTERVAL_SECONDS", d
 # A queued row whose RQ job is missing from Redis for this long gets re-enqueued once, then failed.
 COVER_QUEUED_GRACE_SECONDS = env.int("COVER_QUEUED_GRACE_SECONDS", default=30)
 
+# Options for each channels-redis host. redis-py 8 reads with a 5 s socket timeout by default, which
+# tears down every consumer whose BZPOPMIN waits 5 s with nothing to read (close 1011; see
+# django/channels_redis#422): no socket timeout. Its asyncio pool also allows only 100 connections
+# by default: 200 WebSockets connecting at once (each group_add borrows one) failed with
+# MaxConnectionsError (bench/ws_bench.py).
+CHANNEL_REDIS_HOST_OPTIONS = {"socket_timeout": None,
+                              "max_connections": env.int("CHANNEL_REDIS_MAX_CONNECTIONS", default=2000)}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [env("CHANNEL_REDIS_URL", default=REDIS_URL)],
+        "CONFIG": {"hosts": [{"address": env("CHANNEL_REDIS_URL", default=REDIS_URL), **CHANNEL_REDIS_HOST_OPTIONS}],
                    "prefix": env("CHANNEL_PREFIX", default="asgi")},
     },
 }

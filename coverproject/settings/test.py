@@ -3,7 +3,7 @@ import os
 from pathlib import Path
 
 from .base import *  # noqa: F401,F403
-from .base import COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, DATABASES, VAR_DIR, env
+from .base import CHANNEL_REDIS_HOST_OPTIONS, COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, DATABASES, VAR_DIR, env
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -16,7 +16,7 @@ RQ_QUEUES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "asgitest"},
+        "CONFIG": {"hosts": [{"address": REDIS_URL, **CHANNEL_REDIS_HOST_OPTIONS}], "prefix": "asgitest"},
     },
 }
 MEDIA_ROOT = Path(env("COVER_MEDIA_ROOT", default=str(VAR_DIR / "test-media")))

@@ -334,3 +334,31 @@ def test_key_list_socket_gets_only_that_keys_jobs(memory_layer, key, other):
         await comm.disconnect()
 
     run(body)
+
+
+# --------------------------------------------------------------------------------------------
+# the real channels-redis layer
+# --------------------------------------------------------------------------------------------
+def test_an_idle_socket_on_channels_redis_outlives_redis_py_read_timeout(key, settings):
+    """redis-py 8 reads with a 5 s socket timeout by default: without ``socket_timeout: None`` in
+    the channel layer's host options, a consumer waiting 5 s for an event crashed (close 1011)."""
+    from channels.layers import get_channel_layer
+
+    from covers import services
+
+    settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS}  # a fresh layer object for this loop
+    assert "RedisChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    obj, raw = key
+    job = make_job(owner=obj)
+
+    async def body():
+        comm = communicator(f"/ws/cover/jobs/{job.id}/", raw)
+        await connected(comm)
+        assert (await comm.receive_json_from(timeout=3))["status"] == "queued"
+        assert await comm.receive_nothing(timeout=6.5, interval=0.5)
+        await database_sync_to_async(services.cover_job_start)(job_id=job.id, attempt=1)
+        assert (await comm.receive_json_from(timeout=5))["status"] == "running"
+        await comm.disconnect()
+        await get_channel_layer().close_pools()
+
+    run(body)
