@@ -255,9 +255,10 @@
     if (!isNaN(start)) $("job-elapsed").textContent = fmtElapsed(((end || Date.now()) - start) / 1000);
   }
 
-  function showError(msg) {
+  function showError(msg, kind) {
     var el = $("job-error");
     el.textContent = msg;
+    el.className = kind === "notice" ? "notice" : "error";
     el.hidden = false;
   }
 
@@ -291,7 +292,7 @@
       $("cancel").hidden = true;
       $("job-conn").textContent = "";
       if (status === "failed") showError("The cover failed: " + (ev.error_message || "unknown error") + ".");
-      if (status === "canceled") showError("Canceled.");
+      if (status === "canceled") showError("Canceled.", "notice");
       refreshDetail(status === "succeeded");
     }
     updateRow(ev);
