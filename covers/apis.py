@@ -41,6 +41,11 @@ class CoverJobOutputSerializer(serializers.Serializer):
     parameters = serializers.JSONField()
     inputs = serializers.JSONField(source="input_info")
     timings = serializers.JSONField()
+    quality = serializers.JSONField(allow_null=True, help_text=(
+        "After infer: pitch_accuracy (share of sung frames within 50 cents of the shifted melody), "
+        "speaker_similarity (to the reference; original_similarity is the input vocal's), notes; "
+        "null until measured."))
+    quality_warning = serializers.BooleanField(help_text="Pitch accuracy under 85%.")
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -51,6 +56,7 @@ class CoverJobOutputSerializer(serializers.Serializer):
     def to_representation(self, job):
         data = super().to_representation(job)
         data["stage"] = job.stage or None
+        data["quality"] = job.quality or None
         return data
 
     def get_links(self, job) -> dict:

@@ -202,6 +202,8 @@ def _run(job_id: str, attempt: int) -> str:
         if result.warnings:
             report["warnings"] = list(result.warnings)
         timings = dict(report.get("timings") or reporter.timings)
+        quality = dict(getattr(result, "quality", None) or report.get("quality") or {})
+        fields.update(quality=quality, quality_warning=bool(quality.get("quality_warning")))
         done = services.cover_job_transition(job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report,
                                              timings=timings, stage=CoverJob.Stage.FINALIZE, **fields)
         if done is None:  # canceled/failed/deleted meanwhile: no result for it

@@ -220,3 +220,12 @@ COVER_MODELS_ALLOWED_ROOTS = env.list("COVER_MODELS_ALLOWED_ROOTS", default=[])
 # worker runs that scheduler itself (COVER_WORKER_WITH_SCHEDULER), so no system cron is needed.
 COVER_CLEANUP_INTERVAL_SECONDS = env.int("COVER_CLEANUP_INTERVAL_SECONDS", default=600)
 COVER_WORKER_WITH_SCHEDULER = env.bool("COVER_WORKER_WITH_SCHEDULER", default=True)
+
+# --- health and metrics (covers/health.py) ---
+# /readyz fails when the media root (the work folder with remote storage) has this little free.
+COVER_MIN_FREE_DISK_MB = env.float("COVER_MIN_FREE_DISK_MB", default=1024)
+# A worker counts as live while its RQ heartbeat is younger than this (an idle rq worker beats
+# about every worker_ttl = 420 s; RQ drops its key 60 s after that).
+COVER_READY_WORKER_MAX_AGE_SECONDS = env.int("COVER_READY_WORKER_MAX_AGE_SECONDS", default=480)
+# /metrics answers only "Authorization: Bearer <token>"; empty: /metrics is off (404).
+COVER_METRICS_TOKEN = env("COVER_METRICS_TOKEN", default="")
