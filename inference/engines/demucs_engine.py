@@ -2,7 +2,8 @@
 
 Options: ``repo`` (folder holding ``NAME-<sha8>.th`` files or a bag ``NAME.yaml``, as
 ``demucs.pretrained.get_model(name, repo=Path)`` expects), ``name`` (default ``htdemucs``),
-``segment_seconds`` (None: the model's own), ``overlap`` (0.25) and ``shifts`` (0).
+``segment_seconds`` (None: the model's own), ``overlap`` (0.25), ``shifts`` (0), ``device``
+(None: :func:`inference.device.default_device`) and ``half`` (float16, honoured on CUDA only).
 Nothing is downloaded: without ``repo`` the engine refuses to load.
 
 The model is loaded once (the registry keeps the instance) and run through demucs'
@@ -31,7 +32,7 @@ class DemucsSeparator:
 
     def __init__(self, repo: str | Path | None = None, name: str = "htdemucs",
                  segment_seconds: float | None = None, overlap: float = 0.25, shifts: int = 0,
-                 device: str | None = None):
+                 device: str | None = None, half: bool = False):
         if not repo:
             raise PipelineError("separate", "the demucs separator needs a local model folder "
                                 "(engine option 'repo'); nothing is downloaded", code="model_missing")
@@ -63,7 +64,7 @@ class DemucsSeparator:
             raise PipelineError("separate", f"demucs model {name!r} has no 'vocals' source "
                                 f"(sources: {', '.join(model.sources)})", code="model_invalid")
         model.eval()
-        self.half = use_half(self.device)
+        self.half = bool(half) and use_half(self.device)  # half precision only ever on CUDA
         model.to(self.device)
         if self.half:
             model.half()
