@@ -28,3 +28,15 @@ def check_song_duration(api_key, song_info: dict) -> None:
     if duration > api_key.max_song_seconds:
         raise UploadTooLarge(f"song is {duration:.1f} s long; this API key accepts songs of at most "
                              f"{api_key.max_song_seconds:g} s", field="song", code="song_too_long")
+
+
+def lock_key_and_recheck(api_key, check) -> None:
+    """Inside the create transaction: lock the key's row, then run the count-based checks
+    (``check(api_key)``, covers.services._check_key_limits) again, so two simultaneous requests
+    cannot both take the last free slot (on SQLite the IMMEDIATE transaction serializes them)."""
+    if api_key is None or (api_key.max_concurrent_jobs is None and api_key.jobs_per_day is None):
+        return
+    from .models import APIKey
+
+    APIKey.objects.select_for_update().filter(pk=api_key.pk).values_list("pk", flat=True).first()
+    check(api_key)

@@ -188,7 +188,7 @@ def cover_job_create(*, caller, song, reference_voice, model_id: str | None = No
     converter unless ``converter`` is given, and its defaults fill pitch_shift/auto_pitch/reverb
     when those are None.
     """
-    from .limits import check_song_duration, upload_limits_for_key
+    from .limits import check_song_duration, lock_key_and_recheck, upload_limits_for_key
     from .voice_models import voice_model_for_request
 
     api_key = caller.api_key
@@ -220,6 +220,7 @@ def cover_job_create(*, caller, song, reference_voice, model_id: str | None = No
                              save=False)
     try:
         with transaction.atomic():
+            lock_key_and_recheck(api_key, _check_key_limits)  # no race for the last free slot
             job.save(force_insert=True)
             transaction.on_commit(partial(_enqueue_after_commit, job))
     except QueueUnavailable:

@@ -95,3 +95,23 @@ def test_song_duration_limit_of_the_key_is_413(client, ref_bytes):
     # the same song passes a key without that limit
     _, free = make_key("free")
     assert post_job(client, free, wav_bytes(mix, 22050), ref_bytes).status_code == 201
+
+
+def test_a_concurrent_request_cannot_take_the_last_slot_too(client, song_bytes, ref_bytes, monkeypatch, settings):
+    """Another request creates a job while this one probes its uploads (after the first check):
+    the re-check under the key's row lock refuses this one, and its stored files are removed."""
+    from covers import services
+
+    key, raw = make_key("racy", max_concurrent_jobs=1)
+    real = services.inspect_upload
+
+    def inspect_while_another_request_wins(field, *a, **kw):
+        if field == "song" and not CoverJob.objects.filter(owner=key).exists():
+            make_job(key)  # the other request's job
+        return real(field, *a, **kw)
+
+    monkeypatch.setattr(services, "inspect_upload", inspect_while_another_request_wins)
+    assert_error(post_job(client, raw, song_bytes, ref_bytes), 429, code="too_many_active_jobs")
+    assert CoverJob.objects.filter(owner=key).count() == 1
+    stored = {p.name for p in (settings.MEDIA_ROOT / "covers").rglob("*") if p.is_file()}
+    assert stored == {"song.wav", "reference_voice.wav"}  # only the other job's files
