@@ -53,7 +53,7 @@ class CoverAPIKeyAdmin(APIKeyModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return tuple(super().get_readonly_fields(request, obj)) + ("last_used_at",)
 
-    @admin.action(description="Revoke the selected keys (cannot be undone)")
+    @admin.action(description="Revoke the selected keys (cannot be undone)", permissions=["change"])
     def revoke_keys(self, request, queryset):
         n = queryset.filter(revoked=False).update(revoked=True)
         self.message_user(request, f"Revoked {n} key(s).", messages.SUCCESS)
@@ -105,7 +105,7 @@ class VoiceModelAdmin(admin.ModelAdmin):
         for obj in queryset:
             voice_models.voice_model_delete(model=obj)
 
-    @admin.action(description="Test load in a worker")
+    @admin.action(description="Test load in a worker", permissions=["change"])
     def test_load(self, request, queryset):
         try:
             for model in queryset:
@@ -116,7 +116,7 @@ class VoiceModelAdmin(admin.ModelAdmin):
         self.message_user(request, f"Queued a test load for {queryset.count()} model(s); the result appears "
                                    f"under 'Last test load' once a worker has run it.", messages.SUCCESS)
 
-    @admin.action(description="Make the selected model the default")
+    @admin.action(description="Make the selected model the default", permissions=["change"])
     def make_default(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one model.", messages.ERROR)
@@ -164,8 +164,19 @@ class CoverJobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # jobs are created through the API (or retried here)
 
-    def has_change_permission(self, request, obj=None):
-        return False  # read-only detail; changes go through the actions
+    def save_model(self, request, obj, form, change):
+        pass  # every field is read-only: never write a stale copy over the worker's updates
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def delete_model(self, request, obj):
+        services.cover_job_delete(job=obj)  # cancels if needed and removes the files too
+
+    def delete_queryset(self, request, queryset):
+        for job in queryset:
+            services.cover_job_delete(job=job)
 
     def get_search_results(self, request, queryset, search_term):
         """A full job id, or a prefix of one / of the RQ task id."""
@@ -271,11 +282,11 @@ class CoverJobAdmin(admin.ModelAdmin):
         for line in failed[:20]:
             self.message_user(request, line, messages.ERROR)
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request, queryset):
         self._each(request, queryset, lambda job: services.cover_job_cancel(job=job), "Canceled")
 
-    @admin.action(description="Retry: run the selected jobs again as new jobs")
+    @admin.action(description="Retry: run the selected jobs again as new jobs", permissions=["change"])
     def retry_jobs(self, request, queryset):
         created = []
 
@@ -288,7 +299,7 @@ class CoverJobAdmin(admin.ModelAdmin):
                                                    reverse("admin:covers_coverjob_change", args=[new.pk]), new.pk),
                               messages.INFO)
 
-    @admin.action(description="Purge files (inputs, stems, result)")
+    @admin.action(description="Purge files (inputs, stems, result)", permissions=["change"])
     def purge_files(self, request, queryset):
         self._each(request, queryset, lambda job: services.cover_job_purge_files(job=job), "Purged the files of")
 

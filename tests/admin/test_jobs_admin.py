@@ -124,3 +124,32 @@ def test_admin_index_links_the_rq_dashboard(admin_client):
     page = admin_client.get("/admin/").content.decode()
     assert 'href="/django-rq/"' in page and "Cleanup runs" in page
     assert admin_client.get("/django-rq/").status_code == 200
+
+
+def test_detail_cannot_be_saved_and_delete_removes_files(admin_client):
+    key, _ = make_key("k")
+    job = job_with_files(key)
+    page = admin_client.get(f"{LIST}{job.pk}/change/").content.decode()
+    assert 'name="_save"' not in page
+    CoverJob.objects.filter(pk=job.pk).update(progress=77)
+    admin_client.post(f"{LIST}{job.pk}/change/", {})  # a stale save must not write the row
+    assert CoverJob.objects.get(pk=job.pk).progress == 77
+    path = job.result.path
+    resp = admin_client.post(f"{LIST}{job.pk}/delete/", {"post": "yes"})
+    assert resp.status_code == 302 and not CoverJob.objects.filter(pk=job.pk).exists()
+    assert not __import__("os").path.exists(path)
+
+
+def test_staff_without_change_permission_sees_no_actions(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_coverjob"))
+    client.force_login(user)
+    key, _ = make_key("k")
+    job = job_with_files(key, status=CoverJob.Status.QUEUED)
+    page = client.get(LIST).content.decode()
+    assert str(job.pk) in page and "cancel_jobs" not in page
+    client.post(LIST, {"action": "cancel_jobs", "_selected_action": [str(job.pk)]})
+    assert CoverJob.objects.get(pk=job.pk).status == "queued"
+    assert client.get(f"{LIST}{job.pk}/file/song/").status_code == 200  # viewing is allowed
