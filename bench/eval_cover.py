@@ -95,6 +95,10 @@ def run_cases(kit: Path, out: Path, ids: list[str] | None, use_cli: bool) -> dic
             print(f"    -> {rec['wall_s']:.1f} s, rtf {rep['real_time_factor']}, warnings {rep['warnings']}",
                   file=sys.stderr, flush=True)
         runs[cid] = rec
+    if ids and (out / "runs.json").exists():   # re-running some cases: keep the others' records
+        merged = json.loads((out / "runs.json").read_text())
+        merged.update(runs)
+        runs = {c["id"]: merged[c["id"]] for c in manifest["cases"] if c["id"] in merged}
     (out / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
     return runs
 
@@ -114,9 +118,10 @@ def _warm_up(out: Path) -> None:
     del np
 
 
-def score(kit: Path, out: Path) -> list[dict]:
-    dest = out / "scores.json"
-    cmd = [str(kit / ".venv/bin/python"), "score.py", "--split", "public", "--manifest",
+def score(kit: Path, out: Path, case: str | None = None) -> list[dict]:
+    dest = out / ("scores.json" if case is None else f"scores_{case}.json")
+    sel = ["--split", "public"] if case is None else ["--case", case]
+    cmd = [str(kit / ".venv/bin/python"), "score.py", *sel, "--manifest",
            "out/corpus/manifest.public.json", "--outputs", str(out.resolve()), "--json-out", str(dest.resolve())]
     print("scoring:", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=kit, check=True, stdout=subprocess.DEVNULL)
@@ -222,6 +227,7 @@ def main() -> int:
     ap.add_argument("--cli", action="store_true", help="run the CLI per case instead of the pipeline in-process")
     ap.add_argument("--no-run", action="store_true", help="reuse OUT/runs.json")
     ap.add_argument("--no-score", action="store_true")
+    ap.add_argument("--rescore-only", action="store_true", help="score only the --case ids, keep other scores")
     ap.add_argument("--write-benchmarks", action="store_true", help="put the table into BENCHMARKS.md")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +236,15 @@ def main() -> int:
     run_s = time.perf_counter() - t0
     if a.no_score:
         return 0
-    scores = score(a.kit, a.out)
+    if a.rescore_only and (a.out / "scores.json").exists():
+        # score only the cases given with --case; keep the other cases' scores
+        old = {x["case"]: x for x in json.loads((a.out / "scores.json").read_text())}
+        for cid in a.case or []:
+            old[cid] = score(a.kit, a.out, case=cid)[0]
+        scores = list(old.values())
+        (a.out / "scores.json").write_text(json.dumps(scores, indent=1))
+    else:
+        scores = score(a.kit, a.out)
     tab, means = table(scores, runs)
     mode = "CLI per case" if a.cli else "in-process, warm (one warm-up run first)"
     section = f"""## End-to-end evaluation on the kit's public cases

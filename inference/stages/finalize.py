@@ -78,7 +78,13 @@ def run(pre: Preprocessed, mixed: Mixed, cfg: PipelineConfig, report: dict[str, 
 
     ctx.progress(0.3, "checking loudness and true peak")
     target, ceiling = cfg.mix.target_lufs, cfg.mix.true_peak_dbtp
-    lufs, tp = loudness.integrated_lufs(x, out_sr), loudness.true_peak_db(x)
+    lo = mixed.loudness
+    if out_sr == mixed.sr and out_ch == mixed.master.shape[0] and "master_output_lufs" in lo \
+            and "master_true_peak_dbtp" in lo:
+        # same samples as the mix stage verified (only padded/cut to the exact length)
+        lufs, tp = float(lo["master_output_lufs"]), float(lo["master_true_peak_dbtp"])
+    else:
+        lufs, tp = loudness.integrated_lufs(x, out_sr), loudness.true_peak_db(x)
     renormalized = False
     silent = lufs <= loudness.SILENCE_DB + 1
     if not silent and (tp > ceiling - 0.05 or abs(lufs - target) > 0.3):
