@@ -24,7 +24,7 @@ def make_ctx(tmp_path, events=None, cancel=None) -> StageContext:
 
 @pytest.fixture(scope="module")
 def stereo_song():
-    return signals.song(8.0, SR, seed=0)
+    return signals.song(6.0, SR, seed=0)
 
 
 @pytest.fixture()
@@ -64,8 +64,8 @@ def test_spectral_mono_input(tmp_path, spectral, stereo_song):
 
 
 def test_spectral_long_song_is_chunked(tmp_path):
-    eng = get_engine("separator", "spectral", chunk_s=4.0, overlap_s=1.0)
-    mix, vocal, _, _ = signals.song(11.0, SR, seed=1)
+    eng = get_engine("separator", "spectral", chunk_s=3.0, overlap_s=1.0)
+    mix, vocal, _, _ = signals.song(8.0, SR, seed=1)
     ctx = make_ctx(tmp_path)
     v, i = eng.separate(mix, SR, ctx)
     check_stems(mix, v, i)
