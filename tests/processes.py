@@ -3,6 +3,7 @@ subprocesses on a free port, sharing the test database and a test Redis DB (used
 tests/service/test_e2e.py and tests/web/test_browser_e2e.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -114,6 +115,9 @@ def e2e_env(tmp: Path, **extra: str) -> dict:
     from django.conf import settings
     from django.db import connection
 
+    if not is_test_database():
+        raise RuntimeError(f"refusing to start servers on {connection.settings_dict['NAME']!r}, not the test "
+                           f"database (use the e2e_database fixture)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVER_", "DJANGO_", "GPT_SOVITS"))}
     env.update({
         "DJANGO_SETTINGS_MODULE": "coverproject.settings.test",
@@ -126,3 +130,29 @@ def e2e_env(tmp: Path, **extra: str) -> dict:
     })
     env.update(extra)
     return env
+
+
+def is_test_database() -> bool:
+    from django.db import connection
+
+    test_name = (connection.settings_dict.get("TEST") or {}).get("NAME")
+    return bool(test_name) and connection.settings_dict["NAME"] == test_name
+
+
+@contextlib.contextmanager
+def ensure_test_database(django_db_blocker):
+    """The test database, created here when pytest-django has not: it sets one up only when a
+    collected test uses the database, and an end-to-end module run alone has none - its servers
+    would then use (and its cleanup empty) the real database."""
+    if is_test_database():
+        yield
+        return
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():
+            teardown_databases(config, verbosity=0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ import requests
 import soundfile as sf
 
 from tests import signals
-from tests.processes import Stack, database_url  # noqa: F401 (moved there, shared with tests/web)
+from tests.processes import Stack, e2e_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,24 +57,14 @@ class EventTap:
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+def stack(e2e_database, django_db_blocker, tmp_path_factory):
     from django.conf import settings
-    from django.db import connection
 
     import redis as redis_lib
 
     tmp = tmp_path_factory.mktemp("e2e")
     redis_lib.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVER_", "DJANGO_", "GPT_SOVITS"))}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "coverproject.settings.test",
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "TEST_REDIS_URL": settings.REDIS_URL,
-        "COVER_MEDIA_ROOT": str(tmp / "media"), "COVER_WORK_ROOT": str(tmp / "work"),
-        "COVER_WORKER_HEARTBEAT_SECONDS": "1", "COVER_RECONCILE_INTERVAL_SECONDS": "2",
-        "COVER_WORKER_DEAD_AFTER_SECONDS": "6", "COVER_CANCEL_POLL_SECONDS": "0.2",
-        "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO",
-    })
+    env = e2e_env(tmp)  # refuses to run on a database that is not the test database
     with django_db_blocker.unblock():
         from covers.models import APIKey
         key, raw = APIKey.objects.create_key(name="e2e")

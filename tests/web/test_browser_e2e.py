@@ -33,7 +33,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+def stack(e2e_database, django_db_blocker, tmp_path_factory):
     from django.conf import settings
 
     tmp = tmp_path_factory.mktemp("browser-e2e")
@@ -70,10 +70,10 @@ def audio(tmp_path_factory):
             "ref": signals.write(d / "reference.wav", signals.reference_voice())}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser(stack):
-    # After the stack: Playwright's sync API runs an event loop on this thread, and Django refuses
-    # database calls (the stack fixture's) from a thread with a running loop.
+    # Per test, after the stack and the database fixtures: Playwright's sync API runs an event loop
+    # on this thread while it is started, and Django refuses database calls from such a thread.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -112,9 +112,28 @@ def log_in(page, stack) -> None:
     assert page.url.rstrip("/") == stack.base
 
 
-def submit(page, song: Path, ref: Path, pitch: int = 0) -> str:
+def drop_file(page, field: str, path: Path) -> None:
+    """Drag and drop a file onto a drop zone (a DataTransfer built in the page)."""
+    import base64
+
+    page.evaluate("""([field, name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: "audio/wav"}));
+        const zone = document.querySelector(`.drop[data-field=${field}]`);
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }
+    }""", [field, path.name, base64.b64encode(path.read_bytes()).decode()])
+
+
+def submit(page, song: Path, ref: Path, pitch: int = 0, drop_reference: bool = False) -> str:
     page.set_input_files("#song", str(song))
-    page.set_input_files("#reference_voice", str(ref))
+    if drop_reference:
+        drop_file(page, "reference_voice", ref)
+        assert page.inner_text(".drop[data-field=reference_voice] .drop-file").startswith(ref.name)
+    else:
+        page.set_input_files("#reference_voice", str(ref))
     page.eval_on_selector("#pitch_shift", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
                           str(pitch))
     page.click("#submit")
@@ -182,7 +201,7 @@ def test_make_a_cover_and_watch_it_live(page, stack, audio):
 
 def test_cancel_a_running_cover(page, stack, audio):
     log_in(page, stack)
-    job_id = submit(page, audio["long"], audio["ref"])
+    job_id = submit(page, audio["long"], audio["ref"], drop_reference=True)
     # midway: past preprocessing (the current step highlighted comes from the WebSocket)
     page.wait_for_selector("#steps li.current:not([data-stage=preprocess])", timeout=120_000)
     t0 = time.monotonic()
