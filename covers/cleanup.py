@@ -34,6 +34,7 @@ JOB_FUNC = "covers.cleanup.run_periodic_cleanup"
 NEXT_KEY = "cover:cleanup:next"     # id of the next scheduled cleanup job
 LOCK_KEY = "cover:cleanup:schedule-lock"
 CLEANUP_JOB_TIMEOUT = 1800
+RUN_HISTORY_DAYS = 30  # CleanupRun rows older than this are dropped by the next run
 
 
 @dataclass
@@ -164,6 +165,8 @@ def cleanup_run(*, trigger: str = "periodic", dry_run: bool = False, now: dateti
                      bytes_freed=tally.bytes, errors=tally.errors[:100])
     if not dry_run:
         run.save()
+        # Keep the history bounded (a run every 10 minutes is ~4,300 rows a month).
+        CleanupRun.objects.filter(started_at__lt=started - timedelta(days=RUN_HISTORY_DAYS)).delete()
         if tally.jobs or tally.files or tally.orphans or tally.errors:
             log.info("cleanup: %s jobs expired, %s files + %s orphans deleted, %s bytes, %s errors",
                      tally.jobs, tally.files, tally.orphans, tally.bytes, len(tally.errors))

@@ -124,3 +124,11 @@ def test_admin_shows_the_last_runs(admin_client, scene):
     assert "periodic" in page and "MB" in page
     run = CleanupRun.objects.get()
     assert admin_client.get(f"/admin/covers/cleanuprun/{run.pk}/change/").status_code == 200
+
+
+def test_run_history_is_bounded():
+    old = CleanupRun.objects.create(started_at=timezone.now() - timedelta(days=31))
+    recent = CleanupRun.objects.create(started_at=timezone.now() - timedelta(days=2))
+    cleanup_run()
+    assert not CleanupRun.objects.filter(pk=old.pk).exists() and CleanupRun.objects.filter(pk=recent.pk).exists()
+    assert CleanupRun.objects.count() == 2
