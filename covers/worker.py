@@ -7,6 +7,9 @@
   every COVER_RECONCILE_INTERVAL_SECONDS it runs the reconciler (fails rows whose worker died,
   re-enqueues rows that never reached Redis) and RQ's started-registry cleanup (which calls the
   jobs' failure callback for abandoned jobs).
+- RQ's scheduler is on (unless COVER_WORKER_WITH_SCHEDULER=false; not in --burst mode): it
+  runs the periodic cleanup chain of covers.cleanup, which this worker starts (and restarts
+  on every reconcile tick if Redis lost it). No system cron is needed.
 - A shorter started-registry TTL than SimpleWorker's (job_timeout + 60 s), so RQ itself notices
   a dead worker quickly too.
 """
@@ -34,7 +37,8 @@ class CoverWorker(SimpleWorker):
 
     # -- lifecycle -------------------------------------------------------------------------
     def work(self, *args, **kwargs):
-        if not kwargs.get("burst"):
+        self._periodic = not kwargs.get("burst")
+        if self._periodic:
             # RQ's scheduler (a forked process holding a per-queue lock, so one per queue across
             # workers) runs the periodic cleanup chain (covers.cleanup): no system cron needed.
             if settings.COVER_WORKER_WITH_SCHEDULER:
@@ -86,7 +90,8 @@ class CoverWorker(SimpleWorker):
                 if time.monotonic() - self._last_reconcile >= settings.COVER_RECONCILE_INTERVAL_SECONDS:
                     self._last_reconcile = time.monotonic()
                     self.reconcile()
-                    self._ensure_cleanup_scheduled()
+                    if getattr(self, "_periodic", False):
+                        self._ensure_cleanup_scheduled()
                 close_old_connections()
         finally:
             connection.close()
