@@ -77,9 +77,10 @@ def main() -> None:
             cover = inst[:, :m] + y[None, :m]
         write_wav(d / "cover.wav", cover, sr)
         rows.append(dict(case=c["id"], seconds=round(dt, 2), rtf=round(dt / (len(y) / sr), 3),
+                         cpu_rtf=round((ctx.info.get("cpu_seconds") or 0) / (len(y) / sr), 3),
                          warnings=ctx.warnings, info=ctx.info))
         print(f"converted {c['id']}: {dt:.2f} s, rtf {dt / (len(y) / sr):.3f}, "
-              f"warp {ctx.info.get('warp_factor')}, warnings {ctx.warnings}", file=sys.stderr, flush=True)
+              f"cpu {ctx.info.get('cpu_seconds')} s, warp {ctx.info.get('warp_factor')}, warnings {ctx.warnings}", file=sys.stderr, flush=True)
     if a.no_score or not rows:
         return
     cmd = [str(KIT / ".venv/bin/python"), "score.py", "--manifest", str(MANIFEST),
@@ -93,8 +94,8 @@ def main() -> None:
     scores = json.loads(res.stdout)
     scores = scores if isinstance(scores, list) else [scores]
     by = {s.get("case", s.get("id")): s for s in scores}
-    print(f"| case | rpa_50c | rca_50c | med ¢ | transfer | sim→ref | wall s | rtf |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | rpa_50c | rca_50c | med ¢ | transfer | sim→ref | wall s | rtf | cpu rtf |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rp, tf = [], []
     for r in rows:
         s = by.get(r["case"], {})
@@ -106,7 +107,7 @@ def main() -> None:
             tf.append(tr)
         f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
         print(f"| {r['case']} | {f(rpa)} | {f(m.get('rca_50c'))} | {f(m.get('median_abs_cents'), 1)} | {f(tr)} "
-              f"| {f(tb.get('sim_converted_to_reference'))} | {r['seconds']:.2f} | {r['rtf']:.3f} |")
+              f"| {f(tb.get('sim_converted_to_reference'))} | {r['seconds']:.2f} | {r['rtf']:.3f} | {r['cpu_rtf']:.3f} |")
     if rp or tf:
         print(f"| mean | {np.mean(rp) if rp else float('nan'):.3f} | | | {np.mean(tf) if tf else float('nan'):.3f} | | | |")
         print(f"| min | {np.min(rp) if rp else float('nan'):.3f} | | | {np.min(tf) if tf else float('nan'):.3f} | | | |")
