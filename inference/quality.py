@@ -37,6 +37,8 @@ MIN_SPEECH_SECONDS = 1.0       # less sound than this in a clip: no similarity f
 MAX_EMBED_SECONDS = 90.0       # embed at most this much sound of a clip (cost bound)
 EMBED_SR = 16000
 HOP_S = 0.01
+INPUT_VOICING = 0.5            # crepe periodicity above which an input frame is sung
+INPUT_GATE_DB = 25.0           # ... and no quieter than this under the loud sung frames
 
 _ENCODERS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -122,12 +124,28 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 # pitch
 # ------------------------------------------------------------------------------------------------
+def _frame_level_db(x: np.ndarray, sr: int, n_frames: int) -> np.ndarray:
+    """RMS level (dB) of 40 ms windows centred on the F0 frames."""
+    hop = max(1, int(round(HOP_S * sr)))
+    win = max(hop, int(0.04 * sr))
+    xp = np.pad(np.asarray(x, dtype=np.float64), (win // 2, win // 2 + n_frames * hop))
+    power = np.convolve(xp ** 2, np.ones(win) / win, mode="valid")
+    return 10 * np.log10(power[: n_frames * hop: hop][:n_frames] + 1e-20)
+
+
 def _melody(x: np.ndarray, sr: int, device: str, progress: Progress | None,
-            threshold: float) -> np.ndarray:
+            threshold: float, gate_db: float | None = None) -> np.ndarray:
+    """Cleaned F0 track (0 = unvoiced). ``gate_db``: frames quieter than that under the loud
+    voiced frames (95th percentile) count as unvoiced."""
     from .engines.pitch import clean_f0, track_f0
 
     _, f0, per = track_f0(x, sr, device=device, hop_s=HOP_S, progress=progress)
-    return clean_f0(f0, per, threshold=threshold, hop_s=HOP_S)
+    f = clean_f0(f0, per, threshold=threshold, hop_s=HOP_S)
+    if gate_db is not None and (f > 0).any():
+        level = _frame_level_db(x, sr, len(f))
+        loud = float(np.percentile(level[f > 0], 95))
+        f = np.where(level > loud - gate_db, f, 0.0)
+    return f
 
 
 def pitch_accuracy(converted_f0: np.ndarray, input_f0: np.ndarray, pitch_shift: float,
@@ -196,7 +214,9 @@ def assess(converted_vocal: np.ndarray, input_vocal: np.ndarray, sr: int, refere
     if inp_silent:
         notes.append("pitch accuracy not measured: the input vocal is silent")
     else:
-        f_in = _melody(inp, sr, device, prog(0.0, 0.35), threshold=0.3)
+        # A separated stem carries some pitched accompaniment: only confidently voiced frames
+        # within INPUT_GATE_DB of the loud singing count as the melody to follow.
+        f_in = _melody(inp, sr, device, prog(0.0, 0.35), threshold=INPUT_VOICING, gate_db=INPUT_GATE_DB)
         voiced_s = float((f_in > 0).sum() * HOP_S)
         if voiced_s < MIN_VOICED_SECONDS:
             notes.append(f"pitch accuracy not measured: only {voiced_s:.2f} s of singing in the input vocal")
@@ -205,7 +225,12 @@ def assess(converted_vocal: np.ndarray, input_vocal: np.ndarray, sr: int, refere
         else:
             # the converted track: every frame with sound counts (threshold 0), so a converter
             # that goes unvoiced where the input sings is charged for it
-            f_out = _melody(conv, sr, device, prog(0.35, 0.7), threshold=0.0)
+            # (only around the input's sung frames: the tracker skips silence, so this halves the cost)
+            near = np.convolve((f_in > 0).astype(float), np.ones(9), mode="same") > 0   # +-40 ms
+            hop = max(1, int(round(HOP_S * sr)))
+            mask = np.repeat(near, hop)[:n]
+            mask = np.pad(mask, (0, n - len(mask)))
+            f_out = _melody(conv * mask, sr, device, prog(0.35, 0.7), threshold=0.0)
             acc, used_oct, med, _ = pitch_accuracy(f_out, f_in, pitch_shift, octave_shift, auto_pitch=auto_pitch)
     if progress is not None:
         progress(0.7)

@@ -57,6 +57,20 @@ def test_wrong_pitch_is_flagged(melody, input_vocal, reference):
     assert rep.speaker_similarity is None
 
 
+def test_quiet_accompaniment_leaking_into_the_stem_is_not_the_melody(melody, reference):
+    # the separated stem: singing with gaps, and a quiet pitched instrument audible in the gaps
+    f0 = melody.copy()
+    t = np.arange(len(f0)) / SR
+    gaps = (t % 1.0) > 0.7
+    f0[gaps] = 0
+    leak = np.where(gaps, 0.3 * 10 ** (-30 / 20) * np.sin(2 * np.pi * 370.0 * t), 0).astype(np.float32)
+    stem = signals.harmonic_voice(f0, SR, formants=VOICE_B, seed=1) + leak
+    converted = sung(f0, 3)    # sings the melody, silent in the gaps
+    rep = quality.assess(converted, stem, SR, reference, SR, 3, device="cpu", similarity=False)
+    assert rep.pitch_accuracy >= 0.9 and not rep.quality_warning
+    assert rep.voiced_seconds < 0.75 * len(f0) / SR
+
+
 def test_octave_moved_by_auto_pitch(melody, input_vocal, reference):
     up = sung(melody, 12)   # auto_pitch moved the melody one octave up
     told = quality.assess(up, input_vocal, SR, reference, SR, 0, device="cpu", octave_shift=1, similarity=False)
