@@ -27,7 +27,7 @@ NO_VOCALS_ABSOLUTE_DB = -60.0
 
 # No vocals when the Silero VAD finds voice in less than these shares of the vocal stem and the song.
 STEM_VOICE_FRACTION = 0.25
-QUIET_STEM_DB = 6.0         # ... and only when the vocal stem is this far below the song
+QUIET_STEM_DB = 4.5         # ... and only when the vocal stem is this far below the song
 SONG_VOICE_FRACTION = 0.10
 
 
