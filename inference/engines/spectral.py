@@ -54,8 +54,8 @@ class SpectralParams:
     use_centre: bool = True
     centre_floor: float = 0.4     # similarity below this counts as not centred
     centre_power: float = 1.0
-    centre_smooth_frames: int = 3
-    centre_smooth_bins: int = 3
+    centre_smooth_frames: int = 5
+    centre_smooth_bins: int = 5
     # repetition (REPET-SIM)
     repeat_frames: int = 24        # similar frames whose median is the background
     min_repeat_s: float = 1.0      # similar frames must be at least this far apart

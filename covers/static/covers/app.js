@@ -359,7 +359,28 @@
       box.appendChild(fig);
       loadTrack(url, audio, canvas, fig);
     });
+    showQuality(d);
     $("results").hidden = false;
+  }
+
+  // the quality report (inference.quality): pitch accuracy, speaker similarity, warning
+  function showQuality(d) {
+    var q = d.quality, p = $("quality");
+    if (!p) {
+      p = document.createElement("p");
+      p.id = "quality";
+      p.className = "meta";
+      $("results").insertBefore(p, $("tracks"));
+    }
+    p.hidden = !q;
+    if (!q) return;
+    var pct = function (v) { return v === null || v === undefined ? "n/a" : Math.round(v * 100) + "%"; };
+    var sim = function (v) { return v === null || v === undefined ? "n/a" : v.toFixed(2); };
+    p.textContent = "Pitch accuracy " + pct(q.pitch_accuracy) + " (within 50 cents of the melody) \u00b7 " +
+      "similarity to the reference voice " + sim(q.speaker_similarity) +
+      " (original singer " + sim(q.original_similarity) + ")" +
+      (d.quality_warning ? " \u2014 warning: the converted vocal strays from the melody" : "");
+    p.classList.toggle("error", !!d.quality_warning);
   }
 
   function loadTrack(url, audio, canvas, fig) {
