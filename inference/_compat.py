@@ -7,6 +7,7 @@ torch build, so we register a minimal stand-in module before importing torchcrep
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 
@@ -23,5 +24,7 @@ def import_torchcrepe():
 
             stub.load = _unavailable
             stub.__stub__ = True
+            # Libraries probing for torchaudio (importlib.util.find_spec) need a spec.
+            stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
             sys.modules["torchaudio"] = stub
     return importlib.import_module("torchcrepe")
