@@ -3,7 +3,9 @@
 ``assess(converted, input_vocal, sr, reference, ref_sr, pitch_shift, device=...)`` returns a
 :class:`QualityReport`:
 
-- ``pitch_accuracy``: the share of the frames voiced in the input vocal whose converted F0 lies
+- ``pitch_accuracy``: the share of the frames sung in the input vocal (crepe periodicity above
+  :data:`INPUT_VOICING` and within :data:`INPUT_GATE_DB` of the loud singing, so accompaniment
+  leaking into a separated stem is not taken for the melody) whose converted F0 lies
   within 50 cents of the input F0 moved by ``pitch_shift`` semitones and ``octave_shift`` whole
   octaves (the octaves ``auto_pitch`` applied; when the engine does not say, and ``auto_pitch``
   was asked for, the one whole-octave offset that fits best over the whole vocal is used). A
