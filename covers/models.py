@@ -1,11 +1,19 @@
 """Data: API keys (hashed, with limits) and cover jobs. Rules live in covers.services."""
 from __future__ import annotations
 
+import base64
+import secrets
 import uuid
 
 from django.conf import settings
 from django.db import models
 from rest_framework_api_key.models import AbstractAPIKey
+
+
+def new_webhook_secret() -> str:
+    """A Standard-Webhooks style secret: ``whsec_`` + base64 of 32 random bytes (the HMAC key is
+    the decoded bytes; covers.webhooks.sign)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class APIKey(AbstractAPIKey):
@@ -21,6 +29,8 @@ class APIKey(AbstractAPIKey):
     max_upload_mb = models.FloatField(null=True, blank=True, help_text="Per uploaded file, in MB.")
     max_song_seconds = models.FloatField(null=True, blank=True, help_text="Longest song accepted.")
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    webhook_secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False,
+                                      help_text="Signs this key's webhook deliveries (HMAC-SHA256).")
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
@@ -66,7 +76,8 @@ class CoverJob(models.Model):
     parameters = models.JSONField(default=dict, blank=True)
     input_info = models.JSONField(default=dict, blank=True)  # probe results of the uploads
 
-    song = models.FileField(upload_to=_upload_to, max_length=255)
+    # Empty when the client brought its own stems (``vocals`` + optional ``instrumental``).
+    song = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
     reference_voice = models.FileField(upload_to=_upload_to, max_length=255)
     result = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
     vocals = models.FileField(upload_to=_upload_to, max_length=255, blank=True)
@@ -92,6 +103,10 @@ class CoverJob(models.Model):
     worker_name = models.CharField(max_length=128, blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life while running.")
 
+    webhook_url = models.URLField(max_length=2000, blank=True, default="",
+                                  help_text="Receives signed POSTs of the job JSON (covers.webhooks).")
+    webhook_events = models.JSONField(default=list, blank=True, help_text="Subset of start, progress, completed.")
+
     class Meta:
         ordering = ("-created_at",)
         indexes = [
@@ -111,6 +126,48 @@ class CoverJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+
+class IdempotencyKey(models.Model):
+    """An ``Idempotency-Key`` a key used on create: the job it made and the response it got (24 h)."""
+
+    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64, help_text="sha256 of the form fields and file contents.")
+    job = models.ForeignKey(CoverJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="covers_idempotency_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.job_id}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver one webhook message (``message_id`` is the ``Webhook-Id`` header,
+    the same for every attempt of a message)."""
+
+    job = models.ForeignKey(CoverJob, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    message_id = models.CharField(max_length=64, db_index=True)
+    event = models.CharField(max_length=16)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    url = models.URLField(max_length=2000)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    delivered = models.BooleanField(default=False)
+    next_retry_at = models.DateTimeField(null=True, blank=True, help_text="Empty: no further attempt.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.attempt} for {self.job_id} ({self.status_code or self.error[:30]})"
 
 
 # --------------------------------------------------------------------------------------------
