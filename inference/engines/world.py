@@ -9,10 +9,11 @@ kept, see below):
    ``auto_pitch`` then moves it by whole octaves toward the reference's range.
 2. **Analysis** per chunk (chunks cut at quiet points, processed on a thread pool: pyworld
    releases the GIL): CheapTrick envelope (5 ms), D4C aperiodicity (10 ms, interpolated).
-3. **Timbre**: each envelope is frequency-warped by a vocal-tract-length factor (the one that
-   best aligns the two speakers' average voiced spectra), its mel-cepstrum normalised to the
-   reference's mean/variance, and then pulled toward the average of its ``k`` nearest
-   reference frames (kNN-VC style, on mel-cepstra). The singer's loudness contour is kept.
+3. **Timbre**: each envelope is frequency-warped by a vocal-tract-length factor (the one under
+   which the singer's voiced frames lie nearest to the reference's frames), its mel-cepstrum
+   normalised to the reference's mean/variance, and voiced frames are replaced by the average
+   of their ``k`` nearest reference frames (kNN-VC style, on mel-cepstra; ``knn_weight`` < 1
+   blends). Unvoiced frames get the warp and the mean shift. The singer's loudness is kept.
 4. **Synthesis** per chunk with WORLD, crossfaded; the input's band above ``work_rate / 2``
    (breath and sibilance "air") is added back; samples where the input was silent stay silent.
 
