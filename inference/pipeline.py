@@ -58,11 +58,17 @@ class Pipeline:
                             should_cancel=self.should_cancel, warnings=warnings)
 
     # -- run ---------------------------------------------------------------------------------
-    def run(self, song_path: Path | str, reference_path: Path | str, workdir: Path | str) -> PipelineResult:
+    def run(self, song_path: Path | str | None, reference_path: Path | str, workdir: Path | str, *,
+            vocals_path: Path | str | None = None, instrumental_path: Path | str | None = None) -> PipelineResult:
+        """Run the stages. With ``vocals_path`` (+ optional ``instrumental_path``; silence when
+        absent) the client's stems replace separation: ``song_path`` may be None (the song is
+        then their sum) and ``separate`` is reported as skipped/cached."""
         from .stages import finalize, infer, mix, preprocess, separate
 
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        if song_path is None and vocals_path is None:
+            raise ValueError("a song or a vocals stem is needed")
         cfg = self.config
         warnings: list[str] = []
         timings: dict[str, float] = {}
@@ -110,8 +116,16 @@ class Pipeline:
             return out
 
         try:
-            state["pre"] = stage("preprocess", lambda ctx: preprocess.run(song_path, reference_path, cfg, ctx))
-            state["sep"] = stage("separate", lambda ctx: separate.run(state["pre"], cfg, ctx))
+            def pre_run(ctx):
+                song = song_path
+                if song is None:
+                    song = separate.song_from_stems(vocals_path, instrumental_path, ctx.tmpdir / "stems_sum.wav",
+                                                    cfg.limits.max_song_seconds)
+                return preprocess.run(song, reference_path, cfg, ctx)
+
+            state["pre"] = stage("preprocess", pre_run)
+            state["sep"] = stage("separate", lambda ctx: separate.run(
+                state["pre"], cfg, ctx, vocals_path=vocals_path, instrumental_path=instrumental_path))
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
             if state["conv"].quality is not None:
                 report["quality"] = state["conv"].quality

@@ -80,7 +80,56 @@ def _fit(x: np.ndarray, channels: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(x[:, :n])
 
 
-def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext) -> Separated:
+def _decode_stem(path, field: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    return audio.decode(path, field, max_seconds=max_seconds)
+
+
+def song_from_stems(vocals_path, instrumental_path, out_path: Path, max_seconds: float) -> Path:
+    """The "song" of a job that brought its own stems: vocals + instrumental (resampled to the
+    vocal's rate, cut or padded to its length; silence when absent), as a float WAV so the sum
+    never clips. Preprocess then checks it like any song."""
+    vocals, sr = _decode_stem(vocals_path, "vocals", max_seconds)
+    song = vocals
+    if instrumental_path is not None:
+        inst, isr = _decode_stem(instrumental_path, "instrumental", max_seconds)
+        inst = audio.resample(inst, isr, sr)
+        ch = max(vocals.shape[0], inst.shape[0])
+        song = _fit(vocals, ch, vocals.shape[1]) + _fit(inst, ch, vocals.shape[1])
+    return audio.write_wav(out_path, song, sr)
+
+
+def _provided(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, vocals_path,
+              instrumental_path) -> Separated:
+    """Stems the client brought: no separator runs (reported as skipped/cached)."""
+    ctx.info.update({"name": "provided", "version": "-", "skipped": True, "cached": True})
+    ch, n = pre.song.shape
+    lim = cfg.limits.max_song_seconds
+    v, vsr = _decode_stem(vocals_path, "vocals", lim)
+    vocals = _fit(audio.resample(v, vsr, pre.sr), ch, n)
+    if instrumental_path is not None:
+        i, isr = _decode_stem(instrumental_path, "instrumental", lim)
+        inst = _fit(audio.resample(i, isr, pre.sr), ch, n)
+    else:
+        inst = np.zeros_like(vocals)
+    ctx.check_cancel()
+    voc_db = loudness.rms_db(vocals)
+    has_vocals = voc_db > NO_VOCALS_ABSOLUTE_DB
+    if not has_vocals:
+        ctx.warn("the vocals stem is silent; nothing was converted")
+    ctx.info.update({"vocal_level_db": round(voc_db, 2), "has_vocals": bool(has_vocals),
+                     "instrumental": "provided" if instrumental_path is not None else "silence"})
+    vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
+    ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
+    ctx.progress(1.0)
+    return Separated(vocals=vocals, instrumental=inst, sr=pre.sr, has_vocals=bool(has_vocals),
+                     vocals_path=vp, instrumental_path=ip)
+
+
+def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_path=None,
+        instrumental_path=None) -> Separated:
+    """Separate the song, or (``vocals_path`` given) take the client's stems as they are."""
+    if vocals_path is not None:
+        return _provided(pre, cfg, ctx, vocals_path, instrumental_path)
     engine = load_engine("separator", cfg.separator, cfg, ctx.stage)
     ctx.info.update(engine_facts(engine, cfg.separator))
     ctx.progress(0.0, f"separating with {cfg.separator}")
