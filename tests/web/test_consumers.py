@@ -200,14 +200,14 @@ def test_no_valid_credentials_closes_4401(memory_layer, key, credentials):
     run(body)
 
 
-def test_another_keys_job_closes_4403_and_unknown_job_4404(memory_layer, key, other):
+def test_another_keys_job_and_an_unknown_job_close_4404(memory_layer, key, other):
     obj, raw = key
     theirs = make_job(owner=other[0])
 
     async def body():
         comm = communicator(f"/ws/cover/jobs/{theirs.id}/", raw)
         await connected(comm)
-        await expect_close(comm, 4403)
+        await expect_close(comm, 4404)
         for job_id in (uuid.uuid4(), "not-a-uuid"):
             comm = communicator(f"/ws/cover/jobs/{job_id}/", raw)
             await connected(comm)
@@ -297,7 +297,7 @@ def test_session_user_follows_own_jobs_and_keys_jobs_and_nobody_elses(memory_lay
 
         comm = communicator(f"/ws/cover/jobs/{theirs.id}/", headers=[ORIGIN, cookie])
         await connected(comm)
-        await expect_close(comm, 4403)
+        await expect_close(comm, 4404)
 
     run(body)
 
@@ -354,10 +354,10 @@ def test_an_idle_socket_on_channels_redis_outlives_redis_py_read_timeout(key, se
     async def body():
         comm = communicator(f"/ws/cover/jobs/{job.id}/", raw)
         await connected(comm)
-        assert (await comm.receive_json_from(timeout=3))["status"] == "queued"
+        assert (await comm.receive_json_from(timeout=10))["status"] == "queued"
         assert await comm.receive_nothing(timeout=6.5, interval=0.5)
         await database_sync_to_async(services.cover_job_start)(job_id=job.id, attempt=1)
-        assert (await comm.receive_json_from(timeout=5))["status"] == "running"
+        assert (await comm.receive_json_from(timeout=10))["status"] == "running"
         await comm.disconnect()
         await get_channel_layer().close_pools()
 

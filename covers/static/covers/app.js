@@ -264,6 +264,9 @@
 
   function render(ev) {
     if (!current || ev.job_id !== current.id) return;
+    var key = orderKey(ev);
+    if (current.key && (olderThan(key, current.key) || current.key[0] === 2)) return;
+    current.key = key;
     var status = ev.status;
     current.status = status;
     var section = $("job");
@@ -409,7 +412,7 @@
   }
 
   function drawWave(canvas, buffer) {
-    var width = canvas.clientWidth || 600, height = canvas.height;
+    var width = canvas.clientWidth || 600;
     var ratio = window.devicePixelRatio || 1;
     canvas.width = Math.round(width * ratio);
     canvas.height = Math.round(64 * ratio);
@@ -433,7 +436,6 @@
       var top = mid - hi * mid, bottom = mid - lo * mid;
       g.fillRect(x, top, 1, Math.max(1, bottom - top));
     }
-    void height;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -473,9 +475,24 @@
     updateRow(d);
   }
 
+  // How far along an event is: the page hears a job on two sockets (the job's and the list's), so
+  // an older event may arrive after a newer one; never let a row go backwards.
+  var RANK = { queued: 0, running: 1 };
+  function orderKey(ev) {
+    var rank = ev.status in RANK ? RANK[ev.status] : 2;
+    return [rank, ev.progress | 0, ev.stage ? STAGES.indexOf(ev.stage) : -1];
+  }
+  function olderThan(a, b) {
+    for (var i = 0; i < 3; i++) { if (a[i] !== b[i]) return a[i] < b[i]; }
+    return false;
+  }
+
   function updateRow(ev) {
     var li = rows[ev.job_id];
     if (!li) return;
+    var key = orderKey(ev);
+    if (li._key && (olderThan(key, li._key) || li._key[0] === 2)) return;
+    li._key = key;
     var badge = li.querySelector(".badge");
     var label = ev.status === "running" ? (ev.stage || "running") + " " + (ev.progress | 0) + "%" : ev.status;
     badge.textContent = label;
