@@ -232,6 +232,7 @@ class CleanupRun(models.Model):
     jobs_expired = models.PositiveIntegerField(default=0)
     files_deleted = models.PositiveIntegerField(default=0)
     orphans_deleted = models.PositiveIntegerField(default=0)
+    stem_cache_expired = models.PositiveIntegerField(default=0, help_text="Stem cache entries deleted.")
     bytes_freed = models.BigIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True)
 
