@@ -15,11 +15,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from covers.body_limit import BodySizeLimit  # noqa: E402
 from covers.routing import websocket_urlpatterns  # noqa: E402
 from covers.ws_auth import AllowedHostsOriginValidator, CallerMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": BodySizeLimit(django_asgi_app),  # 413 before Django spools an oversized body
     "websocket": AllowedHostsOriginValidator(
         AuthMiddlewareStack(CallerMiddleware(URLRouter(websocket_urlpatterns)))),
 })

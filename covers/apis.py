@@ -83,8 +83,10 @@ class CoverJobCreateApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
-        song = serializers.FileField(help_text="The song (any common audio format).")
-        reference_voice = serializers.FileField(help_text="A clean recording of the target voice (3-60 s).")
+        # Empty files pass here and get covers.uploads' 422 empty_audio (audio with no samples).
+        song = serializers.FileField(help_text="The song (any common audio format).", allow_empty_file=True)
+        reference_voice = serializers.FileField(help_text="A clean recording of the target voice (3-60 s).",
+                                                allow_empty_file=True)
         model_id = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
                                           max_length=100)
         # No defaults here: left out, they come from the model's defaults (covers.voice_models).
@@ -108,6 +110,21 @@ class CoverJobCreateApi(APIView):
             if value not in names:
                 raise serializers.ValidationError(f"unknown {kind}; available: {', '.join(names)}")
             return value
+
+        @staticmethod
+        def _utf8_text(field: str, value: str) -> str:
+            # Django decodes multipart fields with errors="replace": U+FFFD marks bytes that were
+            # not UTF-8 (a text that means to contain U+FFFD itself is refused too, harmlessly).
+            if "\ufffd" in value or "\x00" in value:
+                raise serializers.ValidationError(f"{field} must be UTF-8 text (no invalid bytes, no NUL)",
+                                                  code="invalid_encoding")
+            return value
+
+        def validate_reference_text(self, value):
+            return self._utf8_text("reference_text", value)
+
+        def validate_target_text(self, value):
+            return self._utf8_text("target_text", value)
 
         def validate_separator(self, value):
             return self._engine("separator", value)

@@ -8,7 +8,8 @@ sends it, so no change can fall between the two; events older than what was alre
 job (they may have been queued while the snapshot was read) are skipped, so a client never sees
 a job go backwards. The per-job consumer closes normally (1000) after a terminal status.
 
-Close codes: 4401 not authenticated, 4403 another caller's job, 4404 unknown job.
+Close codes: 4401 not authenticated, 4404 unknown job or another caller's (like the HTTP API's 404,
+so a socket cannot tell whether someone else's job exists).
 Progress is throttled where it is written (covers.services.cover_job_progress: one write and
 one event per COVER_PROGRESS_MIN_INTERVAL per job; stage and status changes always pass).
 """
@@ -45,7 +46,7 @@ def _order_key(event: dict) -> tuple:
 
 
 def _job_snapshot(caller, job_id: str) -> tuple[dict | None, int]:
-    """(event, 0) for a visible job, (None, 4403) for someone else's, (None, 4404) for none."""
+    """(event, 0) for a visible job, (None, 4404) for someone else's or none (existence not revealed)."""
     try:
         uid = uuid.UUID(job_id)
     except ValueError:
@@ -53,8 +54,6 @@ def _job_snapshot(caller, job_id: str) -> tuple[dict | None, int]:
     job = cover_job_visible(caller=caller).filter(pk=uid).first()
     if job is not None:
         return notifications.job_event(job), 0
-    if CoverJob.objects.filter(pk=uid).exists():
-        return None, CLOSE_FORBIDDEN
     return None, CLOSE_NOT_FOUND
 
 

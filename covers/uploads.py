@@ -15,6 +15,8 @@ MB = 1024 * 1024
 _EXT = {"wav": ".wav", "w64": ".w64", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg", "aiff": ".aiff",
         "caf": ".caf", "au": ".au", "aac": ".aac", "wv": ".wv", "ape": ".ape", "tta": ".tta",
         "mov,mp4,m4a,3gp,3g2,mj2": ".m4a", "matroska,webm": ".mka"}
+# inference.errors.InputError codes that mean "audio, but unusable" (422, not 415)
+_UNPROCESSABLE = {"corrupt_audio", "empty_audio", "too_long"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def check_size(field: str, upload, limits: UploadLimits) -> None:
         raise UploadTooLarge(f"{field} is {upload.size / MB:.1f} MB; the limit is {limits.max_bytes / MB:.0f} MB",
                              field=field)
     if upload.size == 0:
-        raise UnsupportedMedia(f"{field} is empty", field=field)
+        raise UnprocessableAudio(f"{field} is empty (0 bytes)", field=field, code="empty_audio")
 
 
 def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool = False) -> dict:
@@ -65,6 +67,8 @@ def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool 
         try:
             info = probe(path, field)
         except InputError as exc:
+            if exc.code in _UNPROCESSABLE:  # audio, but unusable (truncated, empty): 422
+                raise UnprocessableAudio(_msg(field, exc.message), field=field, code=exc.code) from None
             raise UnsupportedMedia(_msg(field, exc.message), field=field) from None
     finally:
         if tmp:

@@ -71,12 +71,28 @@ def probe(path: Path | str, field: str = "song") -> AudioInfo:
             raise InputError(field, f"{field} has no audio stream", code="unsupported_media")
         st = streams[0]
         ctx = st.codec_context
+        codec = ctx.name
         rate = int(ctx.sample_rate or st.rate or 0)
         channels = int(getattr(ctx, "channels", 0) or (ctx.layout.nb_channels if ctx.layout else 0))
         duration = _header_seconds(container, st)
-        return AudioInfo(container.format.name, ctx.name, rate, channels, duration)
+        fmt, stream_bits = container.format.name, int(st.bit_rate or 0)
     finally:
         container.close()
+    if fmt == "wav":
+        riff = _riff_fmt(path)
+        if riff and channels <= 0:
+            channels = riff[0]  # FFmpeg gives up on absurd channel counts; the header still says it
+        declared = _riff_declared_seconds(path) or 0.0
+        if declared > 0 and duration < 0.95 * declared - 0.25:
+            raise InputError(field, f"{field} is truncated: its header declares {declared:.1f} s but the file "
+                                    f"holds {duration:.1f} s", code="corrupt_audio")
+    elif fmt == "mp3" and stream_bits > 0 and duration > 1:
+        # The Xing/VBRI header gives the length and the average bit rate of the whole file.
+        expected = stream_bits / 8 * duration
+        if Path(path).stat().st_size < 0.9 * expected - 1024:
+            raise InputError(field, f"{field} is truncated: its header declares {duration:.1f} s but the file "
+                                    f"is too short for that", code="corrupt_audio")
+    return AudioInfo(fmt, codec, rate, channels, duration)
 
 
 def _header_seconds(container, stream) -> float:
@@ -153,6 +169,31 @@ def decode(path: Path | str, field: str = "song", *, max_seconds: float | None =
         return np.ascontiguousarray(audio), rate
     finally:
         container.close()
+
+
+def _riff_fmt(path: Path | str) -> tuple[int, int] | None:
+    """(channels, sample rate) from a RIFF/WAVE ``fmt `` chunk, or None."""
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):
+                ch = fh.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    body = fh.read(8)
+                    if len(body) < 8:
+                        return None
+                    channels, rate = struct.unpack("<HI", body[2:8])
+                    return channels, rate
+                fh.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+    return None
 
 
 def _riff_declared_seconds(path: Path | str) -> float | None:
