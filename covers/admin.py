@@ -14,7 +14,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from . import services, voice_models
 from .errors import CoverError
-from .models import APIKey, CleanupRun, CoverJob, VoiceModel
+from .models import APIKey, CleanupRun, CoverJob, VoiceModel, WebhookDelivery
 
 # The library registers an admin for its own (unused) APIKey model; ours is covers.APIKey.
 try:
@@ -43,15 +43,25 @@ class CoverAPIKeyAdmin(APIKeyModelAdmin):
     search_fields = ("name", "prefix", "owner__username")
     list_select_related = ("owner",)
     autocomplete_fields = ()
-    actions = ["revoke_keys"]
+    actions = ["revoke_keys", "rotate_webhook_secret"]
     fieldsets = (
         (None, {"fields": ("name", "prefix", "owner", "expiry_date", "revoked", "last_used_at")}),
         ("Limits (empty: the service's settings)", {
             "fields": ("max_concurrent_jobs", "jobs_per_day", "max_upload_mb", "max_song_seconds")}),
+        ("Webhooks (signing secret; rotate with the action)", {"fields": ("webhook_secret",)}),
     )
 
     def get_readonly_fields(self, request, obj=None):
-        return tuple(super().get_readonly_fields(request, obj)) + ("last_used_at",)
+        return tuple(super().get_readonly_fields(request, obj)) + ("last_used_at", "webhook_secret")
+
+    @admin.action(description="Rotate the webhook secret of the selected keys", permissions=["change"])
+    def rotate_webhook_secret(self, request, queryset):
+        from .webhooks import webhook_secret_rotate
+
+        for key in queryset:
+            webhook_secret_rotate(api_key=key)
+        self.message_user(request, f"New webhook secret for {queryset.count()} key(s); clients read it from "
+                                   f"GET /api/v1/cover/webhook-secret.", messages.SUCCESS)
 
     @admin.action(description="Revoke the selected keys (cannot be undone)", permissions=["change"])
     def revoke_keys(self, request, queryset):
@@ -138,6 +148,42 @@ def _seconds(a, b) -> str:
     return f"{(b - a).total_seconds():.1f} s"
 
 
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    fields = ("created_at", "event", "attempt", "status_code", "delivered", "error", "duration_ms", "next_retry_at",
+              "message_id")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "job", "event", "attempt", "status_code", "delivered", "duration_ms",
+                    "next_retry_at", "error")
+    list_filter = ("event", "delivered", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("message_id", "job__id", "url")
+    list_select_related = ("job",)
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(CoverJob)
 class CoverJobAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "stage", "progress", "owner", "user", "run_time", "queue_wait",
@@ -149,13 +195,15 @@ class CoverJobAdmin(admin.ModelAdmin):
     list_select_related = ("owner", "user")
     ordering = ("-created_at",)
     actions = ["cancel_jobs", "retry_jobs", "purge_files"]
+    inlines = [WebhookDeliveryInline]
     fieldsets = (
         (None, {"fields": ("id", "status", "stage", "progress", "owner", "user", "error")}),
         ("Audio", {"fields": ("inputs_audio", "stems_audio", "result_audio")}),
         ("Timing", {"fields": ("created_at", "enqueued_at", "started_at", "finished_at", "queue_wait",
                                "run_time", "stage_timings", "expires_at", "expired_at")}),
         ("Details", {"classes": ("collapse",), "fields": (
-            "parameters", "input_info", "report", "task_id", "attempt", "worker_name", "heartbeat_at")}),
+            "parameters", "input_info", "report", "task_id", "attempt", "worker_name", "heartbeat_at",
+            "webhook_url", "webhook_events")}),
     )
 
     def get_readonly_fields(self, request, obj=None):

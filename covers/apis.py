@@ -3,7 +3,11 @@
 Views validate input, call a service or selector, and answer; rules live in services."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -15,10 +19,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .auth import Caller
-from .errors import Conflict, Gone, NotFound, UploadTooLarge
+from .errors import Conflict, Gone, InvalidParameter, NotFound, UploadTooLarge
 from .models import CoverJob
-from .selectors import cover_job_get, cover_job_list
-from .services import cover_job_cancel, cover_job_create, cover_job_delete
+from .selectors import cover_job_get, cover_job_list, cover_job_wait
+from .services import (IdempotentReplay, cover_job_cancel, cover_job_create, cover_job_delete, idempotency_lookup,
+                       idempotency_store_response)
 from .uploads import MB, UploadLimits
 
 ErrorSerializer = inline_serializer("Error", fields={"error": inline_serializer("ErrorBody", fields={
@@ -52,6 +57,14 @@ class CoverJobOutputSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     expired_at = serializers.DateTimeField(allow_null=True, help_text="When the cleanup deleted the files.")
     links = serializers.SerializerMethodField()
+    urls = serializers.SerializerMethodField(help_text=(
+        "self, cancel, result and artifacts (per stem; once succeeded), websocket (path of the live "
+        "event stream)."))
+    metrics = serializers.SerializerMethodField(help_text=(
+        "stages (seconds per stage), processing_seconds, song_seconds, real_time_factor "
+        "(processing / song duration), queue_wait_seconds (created -> started)."))
+    webhook_url = serializers.CharField(allow_blank=True)
+    webhook_events = serializers.ListField(child=serializers.CharField())
 
     def to_representation(self, job):
         data = super().to_representation(job)
@@ -73,6 +86,27 @@ class CoverJobOutputSerializer(serializers.Serializer):
                                   if getattr(job, name)}
         return links
 
+    def get_urls(self, job) -> dict:
+        urls = self.get_links(job)
+        urls["websocket"] = f"/ws/cover/jobs/{job.id}/"
+        return urls
+
+    def get_metrics(self, job) -> dict:
+        stages = {k: float(v) for k, v in (job.timings or {}).items() if isinstance(v, (int, float))}
+        report = job.report or {}
+        processing = report.get("total_seconds")
+        if processing is None and stages:
+            processing = round(sum(stages.values()), 3)
+        info = job.input_info or {}
+        song = (report.get("input") or {}).get("duration") or (info.get("song") or info.get("vocals") or {}).get(
+            "duration")
+        wait = None
+        if job.started_at and job.created_at:
+            wait = round((job.started_at - job.created_at).total_seconds(), 3)
+        return {"stages": stages, "processing_seconds": processing, "song_seconds": song,
+                "real_time_factor": round(processing / song, 4) if processing and song else None,
+                "queue_wait_seconds": wait}
+
 
 def _job_response(job, request, status=200, headers=None) -> Response:
     return Response(CoverJobOutputSerializer(job, context={"request": request}).data, status=status,
@@ -84,7 +118,12 @@ class CoverJobCreateApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         # Empty files pass here and get covers.uploads' 422 empty_audio (audio with no samples).
-        song = serializers.FileField(help_text="The song (any common audio format).", allow_empty_file=True)
+        song = serializers.FileField(help_text="The song (any common audio format). Exactly one of song or vocals.",
+                                     allow_empty_file=True, required=False)
+        vocals = serializers.FileField(required=False, allow_empty_file=True, help_text=(
+            "Your own vocal stem instead of song: separation is skipped."))
+        instrumental = serializers.FileField(required=False, allow_empty_file=True, help_text=(
+            "With vocals: your own instrumental stem (default: silence of the vocal's length)."))
         reference_voice = serializers.FileField(help_text="A clean recording of the target voice (3-60 s).",
                                                 allow_empty_file=True)
         model_id = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
@@ -98,6 +137,35 @@ class CoverJobCreateApi(APIView):
         target_text = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
         separator = serializers.CharField(required=False, allow_blank=True, max_length=64)
         converter = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        vocal_gain_db = serializers.FloatField(required=False, min_value=-24, max_value=24,
+                                               help_text="dB on the converted vocal, -24..24 (default 0).")
+        instrumental_gain_db = serializers.FloatField(required=False, min_value=-24, max_value=24,
+                                                      help_text="dB on the instrumental, -24..24 (default 0).")
+        reverb = serializers.FloatField(required=False, min_value=0, max_value=1,
+                                        help_text="Reverb wet amount 0..1 (default: the model's, else 0).")
+        output_format = serializers.ChoiceField(choices=["wav", "flac", "mp3"], required=False,
+                                                help_text="The result's format (default wav).")
+        output_sample_rate = serializers.IntegerField(required=False, min_value=8000, max_value=192000,
+                                                      help_text="Hz (default: the song's own rate).")
+        webhook_url = serializers.CharField(required=False, allow_blank=True, max_length=2000, help_text=(
+            "http(s) URL that receives signed POSTs of the job JSON (headers Webhook-Id, Webhook-Timestamp, "
+            "Webhook-Signature; secret: GET /api/v1/cover/webhook-secret)."))
+        webhook_events = serializers.ListField(
+            child=serializers.CharField(max_length=64), required=False, help_text=(
+                "Subset of start, progress, completed (default: all); repeat the field or separate by commas."))
+
+        def validate_webhook_events(self, value):
+            return [e.strip() for v in value for e in v.split(",") if e.strip()]
+
+        def validate(self, attrs):
+            if attrs.get("song") is None and attrs.get("vocals") is None:
+                raise serializers.ValidationError({"song": "send song, or your own vocal stem as vocals"},
+                                                  code="required")
+            if attrs.get("song") is not None and attrs.get("vocals") is not None:
+                raise serializers.ValidationError({"vocals": "send either song or vocals, not both"})
+            if attrs.get("instrumental") is not None and attrs.get("vocals") is None:
+                raise serializers.ValidationError({"instrumental": "instrumental goes with vocals, not with song"})
+            return attrs
 
         def _engine(self, kind: str, value: str) -> str:
             if not value:
@@ -132,11 +200,32 @@ class CoverJobCreateApi(APIView):
         def validate_converter(self, value):
             return self._engine("converter", value)
 
-    @extend_schema(operation_id="cover_jobs_create", request=InputSerializer,
-                   responses={201: CoverJobOutputSerializer, **_errors(400, 401, 413, 415, 422, 429, 503)},
-                   summary="Create a cover job")
+    @extend_schema(
+        operation_id="cover_jobs_create", request=InputSerializer,
+        responses={201: CoverJobOutputSerializer, **_errors(400, 401, 413, 415, 422, 429, 503)},
+        summary="Create a cover job",
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description=(
+                "Repeating a create with the same key (per API key, 24 h) returns the same job with the same "
+                "status code and body; the same key with other parameters or files is 422 "
+                "idempotency_mismatch.")),
+            OpenApiParameter("Prefer", str, OpenApiParameter.HEADER, description=(
+                "wait=N (N <= 60): hold the response until the job ends or N seconds pass; answered with "
+                "Preference-Applied: wait=N.")),
+        ])
     def post(self, request):
         caller = Caller.from_request(request)
+        wait = parse_prefer_wait(request.headers.get("Prefer", ""))
+        idem_key = request.headers.get("Idempotency-Key", "").strip()
+        if len(idem_key) > 255:
+            raise InvalidParameter("Idempotency-Key is longer than 255 characters", field="Idempotency-Key")
+        use_idem = bool(idem_key) and caller.api_key is not None
+        request_hash = ""
+        if use_idem:
+            request_hash = request_fingerprint(request)
+            record = idempotency_lookup(api_key=caller.api_key, key=idem_key, request_hash=request_hash)
+            if record is not None:
+                return self._replay(record, request)
         limits = UploadLimits.for_key(caller.api_key)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -147,9 +236,65 @@ class CoverJobCreateApi(APIView):
                                  f"{limits.max_bytes / MB:.0f} MB")
         ser = self.InputSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        job = cover_job_create(caller=caller, **ser.validated_data)
-        location = request.build_absolute_uri(reverse("covers:job-detail", kwargs={"job_id": job.id}))
-        return _job_response(job, request, status=201, headers={"Location": location})
+        try:
+            job = cover_job_create(caller=caller, idempotency_key=idem_key if use_idem else "",
+                                   request_hash=request_hash, **ser.validated_data)
+        except IdempotentReplay as replay:
+            return self._replay(replay.record, request)
+        headers = {"Location": request.build_absolute_uri(reverse("covers:job-detail", kwargs={"job_id": job.id}))}
+        if wait is not None:
+            job = cover_job_wait(job_id=job.id, seconds=wait, caller=caller)
+            headers["Preference-Applied"] = f"wait={wait}"
+        response = _job_response(job, request, status=201, headers=headers)
+        if use_idem:
+            idempotency_store_response(api_key=caller.api_key, key=idem_key, status=201, body=response.data)
+        return response
+
+    @staticmethod
+    def _replay(record, request) -> Response:
+        if record.job is None:  # deleted since: nothing to return but the stored body
+            if record.response_body is not None:
+                return Response(record.response_body, status=record.response_status or 201)
+            raise NotFound("the job created with this Idempotency-Key was deleted", field="Idempotency-Key")
+        headers = {"Location": request.build_absolute_uri(reverse("covers:job-detail",
+                                                                  kwargs={"job_id": record.job_id})),
+                   "Idempotent-Replayed": "true"}
+        if record.response_body is not None:
+            return Response(record.response_body, status=record.response_status or 201, headers=headers)
+        return _job_response(record.job, request, status=201, headers=headers)
+
+
+def parse_prefer_wait(header: str) -> int | None:
+    """N of ``Prefer: wait=N`` (RFC 7240), None when absent; 400 naming Prefer when N is not
+    an integer 0..COVER_MAX_PREFER_WAIT_SECONDS."""
+    for pref in header.split(","):
+        name, _, value = pref.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.split(";")[0].strip().strip('"')
+        limit = settings.COVER_MAX_PREFER_WAIT_SECONDS
+        if not value.isdigit() or int(value) > limit:
+            raise InvalidParameter(f"Prefer: wait must be a whole number of seconds from 0 to {limit}",
+                                   field="Prefer")
+        return int(value)
+    return None
+
+
+def request_fingerprint(request) -> str:
+    """sha256 over the form fields (sorted, every value) and each file's name and content hash:
+    what an Idempotency-Key promises stays the same."""
+    h = hashlib.sha256()
+    for name in sorted(request.POST.keys()):
+        for value in request.POST.getlist(name):
+            h.update(f"f:{name}={value}\n".encode())
+    for name in sorted(request.FILES.keys()):
+        for upload in request.FILES.getlist(name):
+            fh = hashlib.sha256()
+            for chunk in upload.chunks():
+                fh.update(chunk)
+            upload.seek(0)
+            h.update(f"u:{name}={fh.hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 class CoverJobPagination(PageNumberPagination):
@@ -195,6 +340,10 @@ class CoverJobCancelApi(APIView):
         return _job_response(cover_job_cancel(job=job), request)
 
 
+AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
+               ".m4a": "audio/mp4", ".aiff": "audio/aiff"}
+
+
 def _file_of(job: CoverJob, field: str, filename: str) -> FileResponse:
     if job.expired_at is not None:
         raise Gone(f"the job's files were deleted on {job.expired_at:%Y-%m-%d %H:%M} UTC, "
@@ -210,12 +359,16 @@ def _file_of(job: CoverJob, field: str, filename: str) -> FileResponse:
         fh = f.open("rb")
     except FileNotFoundError:
         raise NotFound(f"the {field} file is gone (expired or purged)", code="gone") from None
-    return FileResponse(fh, as_attachment=True, filename=filename, content_type="audio/wav")
+    ext = Path(f.name).suffix.lower() or ".wav"
+    filename = f"{Path(filename).stem}{ext}"
+    return FileResponse(fh, as_attachment=True, filename=filename,
+                        content_type=AUDIO_TYPES.get(ext, "application/octet-stream"))
 
 
 class CoverJobResultApi(APIView):
-    @extend_schema(operation_id="cover_jobs_result", summary="Download the cover (WAV)",
-                   responses={(200, "audio/wav"): OpenApiTypes.BINARY, **_errors(401, 404, 409, 410)})
+    @extend_schema(operation_id="cover_jobs_result", summary="Download the cover (the job's output_format)",
+                   responses={(200, "audio/wav"): OpenApiTypes.BINARY, (200, "audio/flac"): OpenApiTypes.BINARY,
+                              (200, "audio/mpeg"): OpenApiTypes.BINARY, **_errors(401, 404, 409, 410)})
     def get(self, request, job_id):
         job = cover_job_get(job_id=job_id, caller=Caller.from_request(request))
         return _file_of(job, "result", f"cover-{job.id}.wav")
@@ -260,3 +413,17 @@ class VoiceModelListApi(APIView):
         from .voice_models import voice_model_list_enabled
 
         return Response({"results": VoiceModelOutputSerializer(voice_model_list_enabled(), many=True).data})
+
+
+class WebhookSecretApi(APIView):
+    @extend_schema(operation_id="cover_webhook_secret", summary="This API key's webhook signing secret",
+                   description=("Deliveries carry Webhook-Signature: v1,<base64 HMAC-SHA256 over "
+                                "\"{Webhook-Id}.{Webhook-Timestamp}.{body}\"> keyed with the base64-decoded part "
+                                "of the secret after whsec_ (the Standard Webhooks scheme)."),
+                   responses={200: inline_serializer("WebhookSecret", fields={
+                       "webhook_secret": serializers.CharField()}), **_errors(401, 403)})
+    def get(self, request):
+        caller = Caller.from_request(request)
+        if caller.api_key is None:
+            raise PermissionDenied()
+        return Response({"webhook_secret": caller.api_key.webhook_secret})

@@ -63,3 +63,10 @@ class Gone(CoverError):
 
     status_code = 410
     code = "expired"
+
+
+class IdempotencyMismatch(CoverError):
+    """An Idempotency-Key reused with different parameters."""
+
+    status_code = 422
+    code = "idempotency_mismatch"

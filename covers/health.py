@@ -46,7 +46,8 @@ def _setting(name: str, default):
 def cover_queue_names() -> list[str]:
     """The RQ queues cover jobs go to: COVER_QUEUE_NAME and any configured ``<it>-...`` queue."""
     base = settings.COVER_QUEUE_NAME
-    names = [base] + sorted(n for n in getattr(settings, "RQ_QUEUES", {}) if n.startswith(base + "-"))
+    names = [base] + sorted(n for n in getattr(settings, "RQ_QUEUES", {})
+                            if n.startswith(base + "-") and n != "cover-webhooks")  # webhook retries
     return list(dict.fromkeys(names))
 
 

@@ -60,6 +60,7 @@ def _engine_options(kind: str, name: str) -> dict:
 def build_pipeline_config(job: CoverJob):
     from inference import Limits, MixOptions, PipelineConfig
 
+    from inference.config import OutputOptions
     from .voice_models import voice_model_engine_options
 
     p = job.parameters or {}
@@ -87,7 +88,10 @@ def build_pipeline_config(job: CoverJob):
                       min_sample_rate=settings.COVER_MIN_SAMPLE_RATE,
                       max_sample_rate=settings.COVER_MAX_SAMPLE_RATE, max_channels=settings.COVER_MAX_CHANNELS),
         engine_options=engine_options, device=settings.COVER_DEVICE or None,
-        mix=MixOptions(reverb=float(p.get("reverb") or 0.0)),
+        mix=MixOptions(reverb=float(p.get("reverb") or 0.0), vocal_gain_db=float(p.get("vocal_gain_db") or 0.0),
+                       instrumental_gain_db=float(p.get("instrumental_gain_db") or 0.0)),
+        output=OutputOptions(sample_rate=int(p["output_sample_rate"]) if p.get("output_sample_rate") else None,
+                             extra_formats=(fmt,) if (fmt := p.get("output_format") or "wav") != "wav" else ()),
     )
 
 
@@ -179,23 +183,37 @@ def _run(job_id: str, attempt: int) -> str:
     try:
         from inference import Pipeline
 
-        song = _local_input(job.song, workdir / "input" / Path(job.song.name).name)
-        ref = _local_input(job.reference_voice, workdir / "input" / Path(job.reference_voice.name).name)
+        params = job.parameters or {}
+        own_stems = bool(params.get("stems"))  # the client's vocals (+ instrumental): no separation
+
+        def local(field):
+            f = getattr(job, field)
+            return _local_input(f, workdir / "input" / Path(f.name).name) if f else None
+
+        ref = local("reference_voice")
         config = build_pipeline_config(job)
         pipeline = Pipeline(config, on_event=reporter.on_event, should_cancel=reporter.should_cancel)
-        result = pipeline.run(song, ref, workdir / "run")
+        if own_stems:
+            result = pipeline.run(None, ref, workdir / "run", vocals_path=local("vocals"),
+                                  instrumental_path=local("instrumental"))
+        else:
+            result = pipeline.run(local("song"), ref, workdir / "run")
         reporter._last_check = 0.0
         if reporter.should_cancel():
             raise Canceled(reporter.stage)
         fields = {}
-        for field, artifact in (("result", "cover"), ("vocals", "vocals"), ("instrumental", "instrumental"),
-                                ("converted_vocals", "converted_vocals")):
+        fmt = params.get("output_format") or "wav"
+        for field, artifact in (("result", "cover" if fmt == "wav" else f"cover_{fmt}"), ("vocals", "vocals"),
+                                ("instrumental", "instrumental"), ("converted_vocals", "converted_vocals")):
+            if own_stems and getattr(job, field):
+                continue  # the client's own stem stays as it was uploaded
             path = result.artifacts.get(artifact)
             if path is None or not Path(path).is_file():
                 if field == "result":
                     raise PipelineError("finalize", "the pipeline produced no cover file", code="no_output")
                 continue
-            name = services.cover_job_store_file(job=job, field=field, path=path, name=f"{artifact}.wav")
+            stem = "cover" if field == "result" else field
+            name = services.cover_job_store_file(job=job, field=field, path=path, name=f"{stem}{Path(path).suffix}")
             stored.append((field, name))
             fields[field] = name
         report = dict(result.report or {})

@@ -40,3 +40,18 @@ def cover_job_get(*, job_id, caller) -> CoverJob:
     if job is None:
         raise NotFound("No such job.", field="job_id")
     return job
+
+
+def cover_job_wait(*, job_id, seconds: float, caller, poll: float = 0.25) -> CoverJob:
+    """The job once it has ended or ``seconds`` have passed (``Prefer: wait=N``): polls its
+    status column (one indexed primary-key read per ``poll``), then loads the row."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, float(seconds))
+    while True:
+        status = CoverJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        left = deadline - time.monotonic()
+        if status is None or status in CoverJob.TERMINAL or left <= 0:
+            break
+        time.sleep(min(poll, left))
+    return cover_job_get(job_id=job_id, caller=caller)

@@ -17,12 +17,12 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import notifications
-from .errors import Conflict, LimitExceeded, QueueUnavailable
+from . import notifications, webhooks
+from .errors import Conflict, IdempotencyMismatch, InvalidParameter, LimitExceeded, QueueUnavailable
 from .models import CoverJob
 from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, redis_connection
 from .uploads import UploadLimits, inspect_upload, storage_name
@@ -76,6 +76,8 @@ def cover_job_transition(*, job_id, to: str, attempt: int | None = None, **field
         return None
     job = CoverJob.objects.select_related("owner").get(pk=job_id)
     notifications.notify_job_changed(job)
+    if job.webhook_url and (to == S.RUNNING or to in CoverJob.TERMINAL):
+        webhooks.webhook_job_event(job, "start" if to == S.RUNNING else "completed")
     if to in CoverJob.TERMINAL:
         _forget_throttle(job_id)
     return job
@@ -120,6 +122,8 @@ def cover_job_progress(*, job: CoverJob, stage: str, progress: float, timings: d
     if timings is not None:
         job.timings = timings
     notifications.notify_job_changed(job)
+    if job.webhook_url:
+        webhooks.webhook_job_event(job, "progress")
     return True
 
 
@@ -175,10 +179,19 @@ def _new_task_id(job_id, attempt: int) -> str:
     return f"cover-{job_id}-{attempt}"
 
 
-def cover_job_create(*, caller, song, reference_voice, model_id: str | None = None,
+MIX_DEFAULTS = {"vocal_gain_db": 0.0, "instrumental_gain_db": 0.0}
+
+
+def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrumental=None,
+                     model_id: str | None = None,
                      pitch_shift: float | None = None, auto_pitch: bool | None = None,
                      reference_text: str = "", target_text: str = "",
-                     separator: str | None = None, converter: str | None = None) -> CoverJob:
+                     separator: str | None = None, converter: str | None = None,
+                     vocal_gain_db: float | None = None, instrumental_gain_db: float | None = None,
+                     reverb: float | None = None, output_format: str | None = None,
+                     output_sample_rate: int | None = None,
+                     webhook_url: str = "", webhook_events: list[str] | None = None,
+                     idempotency_key: str = "", request_hash: str = "") -> CoverJob:
     """Validate the uploads by content, store them, insert the row and enqueue after commit.
 
     Redis unreachable -> QueueUnavailable and no row (checked before the insert, and the row is
@@ -187,48 +200,127 @@ def cover_job_create(*, caller, song, reference_voice, model_id: str | None = No
     GPT-SoVITS rules find (400 naming model_id otherwise); a registered model's engine is the
     converter unless ``converter`` is given, and its defaults fill pitch_shift/auto_pitch/reverb
     when those are None.
+    Exactly one of ``song`` or ``vocals`` (the client's own stems, + optional ``instrumental``:
+    separation is skipped). ``webhook_url`` (http(s), public hosts unless
+    COVER_WEBHOOK_ALLOW_PRIVATE) gets signed POSTs for ``webhook_events`` (covers.webhooks).
+    ``idempotency_key``: inserted with the row under a unique (key, idempotency key) constraint;
+    a concurrent duplicate raises IdempotentReplay carrying the winner's record.
     """
     from .limits import check_song_duration, lock_key_and_recheck, upload_limits_for_key
     from .voice_models import voice_model_for_request
 
+    if (song is None) == (vocals is None):
+        raise InvalidParameter("send exactly one of song or vocals (your own vocal stem)",
+                               field="song" if song is None else "vocals")
+    if instrumental is not None and vocals is None:
+        raise InvalidParameter("instrumental goes with vocals (your own stems), not with song",
+                               field="instrumental")
     api_key = caller.api_key
+    if webhook_url:
+        if api_key is None:
+            raise InvalidParameter("webhook_url needs an API key (deliveries are signed with its webhook "
+                                   "secret)", field="webhook_url")
+        webhook_url = webhooks.webhook_check_url(webhook_url)
+        webhook_events = webhooks.webhook_check_events(webhook_events)
+    else:
+        webhook_events = []
     _check_key_limits(api_key)
     chosen = voice_model_for_request(model_id)
     limits = upload_limits_for_key(api_key)
-    song_info = inspect_upload("song", song, limits)
-    check_song_duration(api_key, song_info)
-    ref_info = inspect_upload("reference_voice", reference_voice, limits, reference=True)
+    uploads = {}
+    if song is not None:
+        uploads["song"] = (song, inspect_upload("song", song, limits))
+        check_song_duration(api_key, uploads["song"][1])
+    else:
+        uploads["vocals"] = (vocals, inspect_upload("vocals", vocals, limits))
+        check_song_duration(api_key, uploads["vocals"][1])
+        if instrumental is not None:
+            uploads["instrumental"] = (instrumental, inspect_upload("instrumental", instrumental, limits))
+    uploads["reference_voice"] = (reference_voice,
+                                  inspect_upload("reference_voice", reference_voice, limits, reference=True))
     _ping_queue()
 
     job_id = uuid.uuid4()
     user = caller.user if getattr(caller.user, "is_authenticated", False) else None
+    parameters = {
+        "model_id": chosen.model_id,
+        "pitch_shift": float(pitch_shift if pitch_shift is not None else chosen.defaults.get("pitch_shift", 0.0)),
+        "auto_pitch": bool(auto_pitch if auto_pitch is not None else chosen.defaults.get("auto_pitch", False)),
+        "reverb": float(reverb if reverb is not None else chosen.defaults.get("reverb", 0.0)),
+        "reference_text": reference_text or "", "target_text": target_text or "",
+        "separator": separator or settings.COVER_SEPARATOR,
+        "converter": converter or chosen.engine or settings.COVER_CONVERTER,
+        "vocal_gain_db": float(vocal_gain_db or 0.0), "instrumental_gain_db": float(instrumental_gain_db or 0.0),
+        "output_format": output_format or "wav", "output_sample_rate": output_sample_rate or None,
+    }
+    if vocals is not None:
+        parameters["stems"] = "vocals+instrumental" if instrumental is not None else "vocals"
+        parameters["separator"] = "provided"
     job = CoverJob(
         id=job_id, owner=api_key, user=user, status=S.QUEUED, task_id=_new_task_id(job_id, 1), attempt=1,
-        parameters={
-            "model_id": chosen.model_id,
-            "pitch_shift": float(pitch_shift if pitch_shift is not None else chosen.defaults.get("pitch_shift", 0.0)),
-            "auto_pitch": bool(auto_pitch if auto_pitch is not None else chosen.defaults.get("auto_pitch", False)),
-            "reverb": float(chosen.defaults.get("reverb", 0.0)),
-            "reference_text": reference_text or "", "target_text": target_text or "",
-            "separator": separator or settings.COVER_SEPARATOR,
-            "converter": converter or chosen.engine or settings.COVER_CONVERTER,
-        },
-        input_info={"song": song_info, "reference_voice": ref_info},
+        parameters=parameters, input_info={field: info for field, (_, info) in uploads.items()},
+        webhook_url=webhook_url or "", webhook_events=webhook_events,
     )
-    job.song.save(storage_name("song", song, song_info), song, save=False)
-    job.reference_voice.save(storage_name("reference_voice", reference_voice, ref_info), reference_voice,
-                             save=False)
+    for field, (upload, info) in uploads.items():
+        getattr(job, field).save(storage_name(field, upload, info), upload, save=False)
     try:
         with transaction.atomic():
             lock_key_and_recheck(api_key, _check_key_limits)  # no race for the last free slot
             job.save(force_insert=True)
+            if idempotency_key and api_key is not None:
+                from .models import IdempotencyKey
+                with transaction.atomic():
+                    IdempotencyKey.objects.create(api_key=api_key, key=idempotency_key,
+                                                  request_hash=request_hash, job=job)
             transaction.on_commit(partial(_enqueue_after_commit, job))
     except QueueUnavailable:
+        raise
+    except IntegrityError:
+        _delete_files(job)
+        if idempotency_key and api_key is not None:
+            record = idempotency_lookup(api_key=api_key, key=idempotency_key, request_hash=request_hash)
+            if record is not None:
+                raise IdempotentReplay(record) from None
         raise
     except BaseException:
         _delete_files(job)
         raise
     return job
+
+
+# --------------------------------------------------------------------------------------------
+# idempotency (Idempotency-Key on create)
+# --------------------------------------------------------------------------------------------
+class IdempotentReplay(Exception):
+    """The create lost a race to an identical request: answer with ``record``'s job."""
+
+    def __init__(self, record):
+        super().__init__(str(record.pk))
+        self.record = record
+
+
+def idempotency_lookup(*, api_key, key: str, request_hash: str):
+    """The live record of ``key`` for ``api_key`` (None if none or older than
+    COVER_IDEMPOTENCY_HOURS, which are deleted); IdempotencyMismatch when it was used with
+    other parameters."""
+    from .models import IdempotencyKey
+
+    cutoff = timezone.now() - timedelta(hours=settings.COVER_IDEMPOTENCY_HOURS)
+    IdempotencyKey.objects.filter(api_key=api_key, created_at__lt=cutoff).delete()
+    record = IdempotencyKey.objects.select_related("job", "job__owner").filter(api_key=api_key, key=key).first()
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise IdempotencyMismatch("this Idempotency-Key was already used with different parameters or files; "
+                                  "use a new key for a new job", field="Idempotency-Key")
+    return record
+
+
+def idempotency_store_response(*, api_key, key: str, status: int, body: dict) -> None:
+    from .models import IdempotencyKey
+
+    IdempotencyKey.objects.filter(api_key=api_key, key=key, response_body__isnull=True).update(
+        response_status=status, response_body=body)
 
 
 def _enqueue(job: CoverJob) -> None:
@@ -385,7 +477,9 @@ def cover_job_retry(*, job: CoverJob) -> CoverJob:
     commit. The old row is left as it is. Conflict when its inputs are gone (expired, purged)."""
     from django.core.files import File
 
-    if job.expired_at is not None or not job.song or not job.reference_voice:
+    inputs = [f for f in ("song", "vocals", "instrumental", "reference_voice")
+              if getattr(job, f) and (f == "song" or f == "reference_voice" or (job.parameters or {}).get("stems"))]
+    if job.expired_at is not None or not job.reference_voice or not (job.song or "vocals" in inputs):
         raise Conflict("the job's input files were deleted (expired or purged); it cannot be retried",
                        code="inputs_gone")
     _ping_queue()
@@ -394,7 +488,7 @@ def cover_job_retry(*, job: CoverJob) -> CoverJob:
                    attempt=1, parameters={**(job.parameters or {}), "retry_of": str(job.id)},
                    input_info=job.input_info)
     try:
-        for field in ("song", "reference_voice"):
+        for field in inputs:
             src = getattr(job, field)
             name = Path(src.name).name
             with src.open("rb") as fh:

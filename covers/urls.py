@@ -12,4 +12,5 @@ urlpatterns = [
     path("jobs/<str:job_id>/cancel", apis.CoverJobCancelApi.as_view(), name="job-cancel"),
     path("models", apis.VoiceModelListApi.as_view(), name="models"),
     path("ws-token", web.WsTokenApi.as_view(), name="ws-token"),
+    path("webhook-secret", apis.WebhookSecretApi.as_view(), name="webhook-secret"),
 ]

@@ -34,10 +34,22 @@ class CoverWorker(SimpleWorker):
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self._last_reconcile = 0.0
+        self._add_webhook_queue()
 
     # -- lifecycle -------------------------------------------------------------------------
     def work(self, *args, **kwargs):
         self._periodic = not kwargs.get("burst")
+
+    def _add_webhook_queue(self) -> None:
+        """Webhook retries (covers.webhooks, short jobs) run here too, after the cover queues."""
+        from rq import Queue
+
+        from .webhooks import QUEUE_NAME
+        if any(q.name == QUEUE_NAME for q in self.queues) or not self.queues:
+            return
+        q = Queue(QUEUE_NAME, connection=self.connection, serializer=self.serializer, job_class=self.job_class)
+        self.queues.append(q)
+        self._ordered_queues.append(q)
         if self._periodic:
             # RQ's scheduler (a forked process holding a per-queue lock, so one per queue across
             # workers) runs the periodic cleanup chain (covers.cleanup): no system cron needed.

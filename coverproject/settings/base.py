@@ -118,6 +118,8 @@ RQ_QUEUES = {
 }
 if COVER_QUEUE_NAME != "default":
     RQ_QUEUES["default"] = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT}
+# Webhook retries (covers.webhooks); the cover worker listens to this queue after its own.
+RQ_QUEUES["cover-webhooks"] = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60}
 # `manage.py rqworker cover` uses this class with no flags: no fork per job (engines stay
 # loaded), a heartbeat thread during jobs, and the reconciler for dead workers.
 RQ = {"WORKER_CLASS": "covers.worker.CoverWorker"}
@@ -229,3 +231,16 @@ COVER_MIN_FREE_DISK_MB = env.float("COVER_MIN_FREE_DISK_MB", default=1024)
 COVER_READY_WORKER_MAX_AGE_SECONDS = env.int("COVER_READY_WORKER_MAX_AGE_SECONDS", default=480)
 # /metrics answers only "Authorization: Bearer <token>"; empty: /metrics is off (404).
 COVER_METRICS_TOKEN = env("COVER_METRICS_TOKEN", default="")
+
+# --- webhooks (covers.webhooks) ---
+# Allow webhook URLs on private/loopback/link-local addresses (tests, trusted networks only).
+COVER_WEBHOOK_ALLOW_PRIVATE = env.bool("COVER_WEBHOOK_ALLOW_PRIVATE", default=False)
+COVER_WEBHOOK_TIMEOUT_SECONDS = env.float("COVER_WEBHOOK_TIMEOUT_SECONDS", default=10)
+COVER_WEBHOOK_PROGRESS_INTERVAL = env.float("COVER_WEBHOOK_PROGRESS_INTERVAL", default=0.5)
+COVER_WEBHOOK_RETRY_BASE_SECONDS = env.float("COVER_WEBHOOK_RETRY_BASE_SECONDS", default=10)
+COVER_WEBHOOK_RETRY_MAX_SECONDS = env.float("COVER_WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+COVER_WEBHOOK_RETRY_HOURS = env.float("COVER_WEBHOOK_RETRY_HOURS", default=24)
+COVER_WEBHOOK_THREADS = env.int("COVER_WEBHOOK_THREADS", default=4)
+# Idempotency-Key records live this long; Prefer: wait=N accepts N up to this.
+COVER_IDEMPOTENCY_HOURS = env.float("COVER_IDEMPOTENCY_HOURS", default=24)
+COVER_MAX_PREFER_WAIT_SECONDS = 60

@@ -12,6 +12,7 @@ REDIS_URL = env("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
 RQ_QUEUES = {
     COVER_QUEUE_NAME: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT},
+    "cover-webhooks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60},
 }
 CHANNEL_LAYERS = {
     "default": {
