@@ -11,11 +11,14 @@ warn() { printf 'WARNING: %s\n' "$*" >&2; }
 
 ensure_system_packages() {
     # ffmpeg (command-line tools for the GPT-SoVITS scripts; PyAV bundles its own libraries),
-    # espeak-ng (speech for the gpt-sovits-api tests), redis-server (the job queue).
+    # espeak-ng (speech for the gpt-sovits-api tests), redis-server (the job queue),
+    # chromium (the browser test).
     local missing=()
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # chromium: the browser end-to-end test (Playwright drives Debian's /usr/bin/chromium)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]} (apt-get)"
