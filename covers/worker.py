@@ -30,15 +30,11 @@ log = logging.getLogger(__name__)
 class CoverWorker(SimpleWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._add_webhook_queue()
         self._current_job = None
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self._last_reconcile = 0.0
-        self._add_webhook_queue()
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def work(self, *args, **kwargs):
-        self._periodic = not kwargs.get("burst")
 
     def _add_webhook_queue(self) -> None:
         """Webhook retries (covers.webhooks, short jobs) run here too, after the cover queues."""
@@ -50,6 +46,10 @@ class CoverWorker(SimpleWorker):
         q = Queue(QUEUE_NAME, connection=self.connection, serializer=self.serializer, job_class=self.job_class)
         self.queues.append(q)
         self._ordered_queues.append(q)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def work(self, *args, **kwargs):
+        self._periodic = not kwargs.get("burst")
         if self._periodic:
             # RQ's scheduler (a forked process holding a per-queue lock, so one per queue across
             # workers) runs the periodic cleanup chain (covers.cleanup): no system cron needed.
