@@ -179,9 +179,6 @@ def _new_task_id(job_id, attempt: int) -> str:
     return f"cover-{job_id}-{attempt}"
 
 
-MIX_DEFAULTS = {"vocal_gain_db": 0.0, "instrumental_gain_db": 0.0}
-
-
 def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrumental=None,
                      model_id: str | None = None,
                      pitch_shift: float | None = None, auto_pitch: bool | None = None,

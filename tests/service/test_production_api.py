@@ -442,3 +442,23 @@ def test_schema_renders_the_new_fields(client):
     for word in ("Idempotency-Key", "Prefer", "webhook_url", "vocals", "output_format", "webhook-secret",
                  "metrics"):
         assert word in text, word
+
+
+# --- admin ---------------------------------------------------------------------------------------
+def test_admin_shows_deliveries_and_rotates_secrets(admin_client, api_key):
+    key, _ = api_key
+    job = CoverJob.objects.create(owner=key, status="running", webhook_url="https://example.com/hook")
+    WebhookDelivery.objects.create(job=job, message_id="msg_1", event="start", attempt=1, url=job.webhook_url,
+                                   status_code=500, error="HTTP 500", duration_ms=12,
+                                   next_retry_at=timezone.now() + timedelta(seconds=10))
+    page = admin_client.get(f"/admin/covers/coverjob/{job.pk}/change/")
+    assert page.status_code == 200 and b"msg_1" in page.content and b"HTTP 500" in page.content
+    assert admin_client.get("/admin/covers/webhookdelivery/").status_code == 200
+    page = admin_client.get(f"/admin/covers/apikey/{key.pk}/change/")
+    assert page.status_code == 200 and key.webhook_secret.encode() in page.content
+    old = key.webhook_secret
+    resp = admin_client.post("/admin/covers/apikey/", {"action": "rotate_webhook_secret",
+                                                       "_selected_action": [key.pk]})
+    assert resp.status_code == 302
+    key.refresh_from_db()
+    assert key.webhook_secret != old and key.webhook_secret.startswith("whsec_")
