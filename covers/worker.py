@@ -10,12 +10,15 @@
 - RQ's scheduler is on (unless COVER_WORKER_WITH_SCHEDULER=false; not in --burst mode): it
   runs the periodic cleanup chain of covers.cleanup, which this worker starts (and restarts
   on every reconcile tick if Redis lost it). No system cron is needed.
+- Per-stage time limits (COVER_STAGE_TIMEOUTS): the same thread fails a job whose stage runs
+  over its limit and exits the process, so even a hang in native code ends (see _watch_stage).
 - A shorter started-registry TTL than SimpleWorker's (job_timeout + 60 s), so RQ itself notices
   a dead worker quickly too.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -25,6 +28,7 @@ from rq.registry import StartedJobRegistry
 from rq.worker import SimpleWorker
 
 log = logging.getLogger(__name__)
+STAGE_TIMEOUT_EXIT_CODE = 70  # the worker exits with this after its stage watchdog fired
 
 
 class CoverWorker(SimpleWorker):
@@ -35,6 +39,7 @@ class CoverWorker(SimpleWorker):
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self._last_reconcile = 0.0
+        self._stage_seen: tuple[str, str, float] | None = None  # (job id, stage, since) for the watchdog
 
     def _add_webhook_queue(self) -> None:
         """Webhook retries (covers.webhooks, short jobs) run here too, after the cover queues."""
@@ -122,6 +127,43 @@ class CoverWorker(SimpleWorker):
             services.cover_job_heartbeat(job_id=job_id, attempt=int(attempt))
         except Exception as exc:
             log.warning("row heartbeat failed: %s", exc)
+        self._watch_stage(job)
+
+    # -- per-stage time limits -------------------------------------------------------------
+    def _watch_stage(self, job) -> None:
+        """The watchdog for COVER_STAGE_TIMEOUTS, run by the heartbeat thread, so it fires even
+        while the job's thread hangs in native code: a stage over its limit fails the row
+        ("<stage>: timeout in <stage> ...", through the transition service, for this attempt only)
+        and the process exits at once (os._exit: a hung thread cannot be stopped otherwise); the
+        supervisor starts a fresh worker, and RQ's started-registry cleanup retires the RQ job."""
+        limits = getattr(settings, "COVER_STAGE_TIMEOUTS", None) or {}
+        if not limits:
+            return
+        try:
+            from .models import CoverJob
+            job_id, attempt = (list(job.args) + [1])[:2]
+            row = CoverJob.objects.filter(pk=job_id, attempt=int(attempt)).values_list("status", "stage").first()
+        except Exception as exc:
+            log.debug("stage watchdog skipped: %s", exc)
+            return
+        if row is None or row[0] != CoverJob.Status.RUNNING:
+            return
+        stage, now = row[1] or "preprocess", time.monotonic()
+        seen = self._stage_seen
+        if seen is None or seen[:2] != (str(job_id), stage):
+            self._stage_seen = (str(job_id), stage, now)
+            return
+        limit = float(limits.get(stage) or 0)
+        if limit <= 0 or now - seen[2] <= limit:
+            return
+        from . import services
+        log.error("job %s: %s ran over its limit of %g s; failing it and exiting the worker", job_id, stage, limit)
+        try:
+            services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="timeout", stage=stage,
+                                    message=f"{stage}: timeout in {stage} (over the limit of {limit:g} s)")
+        finally:
+            logging.shutdown()
+            os._exit(STAGE_TIMEOUT_EXIT_CODE)
 
     def _ensure_cleanup_scheduled(self) -> None:
         try:

@@ -113,6 +113,13 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 COVER_QUEUE_NAME = env("COVER_QUEUE_NAME", default="cover")
 COVER_JOB_TIMEOUT = env.int("COVER_JOB_TIMEOUT", default=1800)  # seconds per job (RQ's default: 180)
 COVER_RESULT_TTL_HOURS = env.float("COVER_RESULT_TTL_HOURS", default=24)
+# Per-stage limits in seconds, enforced by the worker's watchdog thread even when native code hangs
+# (covers.worker: the job fails "timeout in <stage>" and the worker process exits to be restarted).
+# COVER_STAGE_TIMEOUTS="infer=600,mix=60" replaces the defaults; 0 turns a stage's limit off.
+COVER_STAGE_TIMEOUTS = {"preprocess": 300.0, "separate": 1200.0, "infer": 1200.0, "mix": 300.0, "finalize": 300.0}
+if env("COVER_STAGE_TIMEOUTS", default=""):
+    COVER_STAGE_TIMEOUTS = {k.strip(): float(v) for k, v in (
+        item.split("=", 1) for item in env("COVER_STAGE_TIMEOUTS").replace(";", ",").split(",") if "=" in item)}
 RQ_QUEUES = {
     COVER_QUEUE_NAME: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT},
 }
