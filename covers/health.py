@@ -44,10 +44,10 @@ def _setting(name: str, default):
 
 
 def cover_queue_names() -> list[str]:
-    """The RQ queues cover jobs go to: COVER_QUEUE_NAME and any configured ``<it>-...`` queue."""
-    base = settings.COVER_QUEUE_NAME
-    names = [base] + sorted(n for n in getattr(settings, "RQ_QUEUES", {})
-                            if n.startswith(base + "-") and n != "cover-webhooks")  # webhook retries
+    """The RQ queues cover jobs go to: COVER_QUEUES (queues per device class) when set, else
+    COVER_QUEUE_NAME (never the webhook-retry queue)."""
+    names = list(getattr(settings, "COVER_QUEUES", None) or []) or [settings.COVER_QUEUE_NAME]
+    names = [n for n in names if n != "cover-webhooks"]
     return list(dict.fromkeys(names))
 
 

@@ -88,6 +88,7 @@ def build_pipeline_config(job: CoverJob):
                       min_sample_rate=settings.COVER_MIN_SAMPLE_RATE,
                       max_sample_rate=settings.COVER_MAX_SAMPLE_RATE, max_channels=settings.COVER_MAX_CHANNELS),
         engine_options=engine_options, device=settings.COVER_DEVICE or None,
+        quality_report=bool(getattr(settings, "COVER_QUALITY_REPORT", True)),
         mix=MixOptions(reverb=float(p.get("reverb") or 0.0), vocal_gain_db=float(p.get("vocal_gain_db") or 0.0),
                        instrumental_gain_db=float(p.get("instrumental_gain_db") or 0.0)),
         output=OutputOptions(sample_rate=int(p["output_sample_rate"]) if p.get("output_sample_rate") else None,

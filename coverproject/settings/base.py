@@ -238,6 +238,9 @@ COVER_MIN_FREE_DISK_MB = env.float("COVER_MIN_FREE_DISK_MB", default=1024)
 COVER_READY_WORKER_MAX_AGE_SECONDS = env.int("COVER_READY_WORKER_MAX_AGE_SECONDS", default=480)
 # /metrics answers only "Authorization: Bearer <token>"; empty: /metrics is off (404).
 COVER_METRICS_TOKEN = env("COVER_METRICS_TOKEN", default="")
+# Measure each job's pitch accuracy and speaker similarity after infer (inference.quality; on a
+# CPU it costs about as much again as the world converter).
+COVER_QUALITY_REPORT = env.bool("COVER_QUALITY_REPORT", default=True)
 
 # --- webhooks (covers.webhooks) ---
 # Allow webhook URLs on private/loopback/link-local addresses (tests, trusted networks only).

@@ -196,3 +196,20 @@ def test_worker_stores_quality_and_the_api_shows_it(client, api_key, monkeypatch
     assert body["quality"] == quality and body["quality_warning"] is True
     listed = client.get("/api/v1/cover/jobs", HTTP_X_API_KEY=raw).json()["results"][0]
     assert listed["quality"]["pitch_accuracy"] == 0.62
+
+
+def test_a_worker_on_any_device_queue_counts(client, settings):
+    settings.COVER_QUEUES = ["cover-gpu", settings.COVER_QUEUE_NAME]
+    settings.RQ_QUEUES = {**settings.RQ_QUEUES, "cover-gpu": dict(settings.RQ_QUEUES[settings.COVER_QUEUE_NAME])}
+    w = Worker([Queue("cover-gpu", connection=redis_connection())], connection=redis_connection(), name="gpu-1")
+    w.register_birth()
+    try:
+        body = client.get("/readyz").json()
+        assert body["status"] == "ready" and body["checks"]["workers"]["workers"][0]["queues"] == ["cover-gpu"]
+        settings.COVER_METRICS_TOKEN = TOKEN
+        Queue("cover-gpu", connection=redis_connection()).enqueue("os.getpid")
+        fam = _families(client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}"))
+        depth = {s.labels["queue"]: s.value for s in fam["cover_queue_depth"].samples}
+        assert depth == {"cover-gpu": 1, settings.COVER_QUEUE_NAME: 0}
+    finally:
+        w.register_death()
