@@ -16,8 +16,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from covers.body_limit import BodySizeLimit  # noqa: E402
+from covers.checks import require_redis_noeviction  # noqa: E402
 from covers.routing import websocket_urlpatterns  # noqa: E402
 from covers.ws_auth import AllowedHostsOriginValidator, CallerMiddleware  # noqa: E402
+
+require_redis_noeviction()  # daphne runs no system checks: refuse to serve on an evicting Redis
 
 application = ProtocolTypeRouter({
     "http": BodySizeLimit(django_asgi_app),  # 413 before Django spools an oversized body

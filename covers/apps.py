@@ -7,4 +7,5 @@ class CoversConfig(AppConfig):
     verbose_name = "Song covers"
 
     def ready(self) -> None:
+        from . import checks  # noqa: F401  (covers.E001: Redis must not evict)
         from . import schema  # noqa: F401  (registers the OpenAPI auth extensions)

@@ -137,6 +137,9 @@ COVER_WORKER_DEAD_AFTER_SECONDS = env.int("COVER_WORKER_DEAD_AFTER_SECONDS", def
 COVER_RECONCILE_INTERVAL_SECONDS = env.int("COVER_RECONCILE_INTERVAL_SECONDS", default=30)
 # A queued row whose RQ job is missing from Redis for this long gets re-enqueued once, then failed.
 COVER_QUEUED_GRACE_SECONDS = env.int("COVER_QUEUED_GRACE_SECONDS", default=30)
+# Redis must run with maxmemory-policy noeviction (covers.checks, covers.E001): rqworker and daphne
+# refuse to start otherwise. false (development only) turns the refusal into a warning.
+COVER_REDIS_REQUIRE_NOEVICTION = env.bool("COVER_REDIS_REQUIRE_NOEVICTION", default=True)
 
 # Options for each channels-redis host. redis-py 8 reads with a 5 s socket timeout by default, which
 # tears down every consumer whose BZPOPMIN waits 5 s with nothing to read (close 1011; see
