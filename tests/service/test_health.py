@@ -213,3 +213,12 @@ def test_a_worker_on_any_device_queue_counts(client, settings):
         assert depth == {"cover-gpu": 1, settings.COVER_QUEUE_NAME: 0}
     finally:
         w.register_death()
+
+
+def test_quality_report_setting_reaches_the_pipeline_config(settings, api_key):
+    from covers.jobs import build_pipeline_config
+
+    job = make_job(api_key[0])
+    assert build_pipeline_config(job).quality_report is True
+    settings.COVER_QUALITY_REPORT = False
+    assert build_pipeline_config(job).quality_report is False
