@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-stems", type=Path, default=None, metavar="DIR",
                    help="copy vocal.wav, instrumental.wav, converted_vocal.wav and report.json here")
     c.add_argument("--workdir", type=Path, default=None, help="keep the work files in DIR (default: a temp dir)")
+    c.add_argument("--stem-cache", type=Path, default=None, metavar="DIR",
+                   help="reuse separated stems of a song seen before (same separator settings), kept in DIR")
     c.add_argument("--bit-depth", type=int, choices=(16, 24), default=16)
     c.add_argument("--format", action="append", default=[], choices=("flac", "mp3"),
                    help="also write OUT.flac / OUT.mp3 (repeatable)")
@@ -106,7 +108,11 @@ def _cover(args) -> int:
         workdir = Path(tmp)
     bars = _Bars(enabled=not args.no_progress and (args.progress or sys.stderr.isatty()))
     try:
-        result = Pipeline(cfg, on_event=bars).run(args.song, args.reference, workdir)
+        cache = None
+        if args.stem_cache is not None:
+            from .stem_cache import FileStemCache
+            cache = FileStemCache(args.stem_cache)
+        result = Pipeline(cfg, on_event=bars, stem_cache=cache).run(args.song, args.reference, workdir)
         bars.close()
         out = args.output
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,14 +38,17 @@ class Pipeline:
 
     ``on_event`` receives :class:`PipelineEvent` for each stage start/end and progress;
     ``should_cancel`` is polled between chunks of work (raises :class:`Canceled`).
+    ``stem_cache`` (an :class:`inference.stem_cache.StemCache`) lets ``separate`` reuse the stems
+    of a song separated before with the same separator settings (reported ``cached``).
     Failures raise :class:`PipelineError` naming the stage.
     """
 
     def __init__(self, config: PipelineConfig | None = None, *, on_event: EventCallback | None = None,
-                 should_cancel: CancelCheck | None = None):
+                 should_cancel: CancelCheck | None = None, stem_cache=None):
         self.config = config or PipelineConfig()
         self.on_event = on_event
         self.should_cancel = should_cancel
+        self.stem_cache = stem_cache
         self.device = self.config.device or default_device()
 
     # -- helpers -----------------------------------------------------------------------------
@@ -110,7 +113,7 @@ class Pipeline:
                 stage_info[name] = ctx.info
                 if name in ("separate", "infer") and "name" in ctx.info:
                     engines["separator" if name == "separate" else "converter"] = {
-                        k: ctx.info[k] for k in ("name", "version", "skipped") if k in ctx.info}
+                        k: ctx.info[k] for k in ("name", "version", "skipped", "cached") if k in ctx.info}
             self._emit(PipelineEvent("stage_finished", name, 1.0, overall_fraction(name, 1.0), seconds=dt,
                                      cached=bool(ctx.info.get("cached"))))
             return out
@@ -125,7 +128,8 @@ class Pipeline:
 
             state["pre"] = stage("preprocess", pre_run)
             state["sep"] = stage("separate", lambda ctx: separate.run(
-                state["pre"], cfg, ctx, vocals_path=vocals_path, instrumental_path=instrumental_path))
+                state["pre"], cfg, ctx, vocals_path=vocals_path, instrumental_path=instrumental_path,
+                cache=self.stem_cache))
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
             if state["conv"].quality is not None:
                 report["quality"] = state["conv"].quality

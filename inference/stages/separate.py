@@ -16,6 +16,7 @@ from ..config import PipelineConfig
 from ..context import StageContext
 from ..errors import Canceled, PipelineError
 from ..registry import get_engine
+from ..stem_cache import stem_cache_key
 from .preprocess import Preprocessed
 
 log = logging.getLogger("inference.separate")
@@ -125,11 +126,47 @@ def _provided(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, vocals_
                      vocals_path=vp, instrumental_path=ip)
 
 
+def _from_cache(pre: Preprocessed, ctx: StageContext, cache, key: str) -> Separated | None:
+    try:
+        hit = cache.get(key, ctx.workdir / "tmp" / "stem-cache")
+        if hit is None:
+            return None
+        ch, n = pre.song.shape
+        vocals, sr_v = audio.read_wav(hit.vocals)
+        inst, sr_i = audio.read_wav(hit.instrumental)
+        if sr_v != pre.sr or sr_i != pre.sr:
+            raise ValueError(f"cached stems at {sr_v}/{sr_i} Hz, the song at {pre.sr} Hz")
+        vocals, inst = _fit(vocals, ch, n), _fit(inst, ch, n)
+    except Exception as exc:  # a broken entry is a miss, never a failed job
+        log.warning("stem cache entry %s unusable (%s): separating", key[:12], exc)
+        return None
+    meta = dict(hit.meta or {})
+    for message in meta.get("warnings") or []:
+        ctx.warn(message)
+    ctx.info.update(meta.get("info") or {})
+    ctx.info.update({"cached": True, "cache_key": key})
+    vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
+    ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
+    ctx.progress(1.0, "stems from the cache")
+    return Separated(vocals=vocals, instrumental=inst, sr=pre.sr, has_vocals=bool(ctx.info.get("has_vocals", True)),
+                     vocals_path=vp, instrumental_path=ip)
+
+
 def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_path=None,
-        instrumental_path=None) -> Separated:
-    """Separate the song, or (``vocals_path`` given) take the client's stems as they are."""
+        instrumental_path=None, cache=None) -> Separated:
+    """Separate the song, or (``vocals_path`` given) take the client's stems as they are.
+
+    ``cache``: an :class:`inference.stem_cache.StemCache` (or None); a hit (same decoded song,
+    separator and options) skips the separator and is reported ``cached``."""
     if vocals_path is not None:
         return _provided(pre, cfg, ctx, vocals_path, instrumental_path)
+    key = None
+    if cache is not None:
+        key = stem_cache_key(pre.song, pre.sr, cfg.separator, cfg.engine_options.get(cfg.separator))
+        cached = _from_cache(pre, ctx, cache, key)
+        if cached is not None:
+            return cached
+    warnings_before = len(ctx.warnings)
     engine = load_engine("separator", cfg.separator, cfg, ctx.stage)
     ctx.info.update(engine_facts(engine, cfg.separator))
     ctx.progress(0.0, f"separating with {cfg.separator}")
@@ -176,6 +213,12 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
                      "has_vocals": bool(has_vocals)})
     vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
     ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
+    if cache is not None:
+        try:
+            cache.put(key, vp, ip, {"info": dict(ctx.info), "warnings": list(ctx.warnings[warnings_before:])})
+            ctx.info["cache_key"] = key
+        except Exception as exc:
+            log.warning("could not store the stems in the stem cache (%s)", exc)
     ctx.progress(1.0)
     return Separated(vocals=vocals, instrumental=inst, sr=pre.sr, has_vocals=bool(has_vocals),
                      vocals_path=vp, instrumental_path=ip)
