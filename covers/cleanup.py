@@ -42,6 +42,7 @@ class _Tally:
     jobs: int = 0
     files: int = 0
     orphans: int = 0
+    stem_entries: int = 0
     bytes: int = 0
     errors: list = field(default_factory=list)
     deleted: list = field(default_factory=list)  # storage names (also what a dry run would delete)
@@ -148,13 +149,50 @@ def remove_orphans(*, now: datetime, tally: _Tally, dry_run: bool) -> None:
                 _rmdir_if_empty(storage, posixpath.join(PREFIX, d))
 
 
+def expire_stem_cache(*, now: datetime, tally: _Tally, dry_run: bool) -> None:
+    """Stem cache entries (covers.stem_cache, ``stem-cache/<key>/``) older than the TTL, and
+    incomplete ones (no meta.json) older than that: all their files go."""
+    from .stem_cache import PREFIX as STEM_PREFIX
+
+    storage = default_storage
+    cutoff = now - timedelta(hours=settings.COVER_RESULT_TTL_HOURS)
+    try:
+        keys, _ = storage.listdir(STEM_PREFIX)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        tally.errors.append(f"{STEM_PREFIX}/: {exc.__class__.__name__}: {str(exc)[:200]}")
+        return
+    for key in keys:
+        folder = posixpath.join(STEM_PREFIX, key)
+        try:
+            _, files = storage.listdir(folder)
+            names = [posixpath.join(folder, f) for f in files]
+            meta = posixpath.join(folder, "meta.json")
+            stamp = storage.get_modified_time(meta if meta in names else names[0]) if names else None
+        except Exception as exc:
+            tally.errors.append(f"{folder}/: {exc.__class__.__name__}: {str(exc)[:200]}")
+            continue
+        if stamp is not None and timezone.is_naive(stamp):
+            stamp = timezone.make_aware(stamp, timezone.get_default_timezone())
+        if stamp is not None and stamp >= cutoff:
+            continue
+        files_before = tally.files
+        for name in sorted(names, key=lambda n: not n.endswith("/meta.json")):  # meta first: a miss at once
+            _delete(storage, name, tally, dry_run=dry_run)
+        tally.stem_entries += 1
+        tally.files = files_before  # counted as stem cache entries, not job files
+        if not dry_run:
+            _rmdir_if_empty(storage, folder)
+
+
 def cleanup_run(*, trigger: str = "periodic", dry_run: bool = False, now: datetime | None = None) -> CleanupRun:
     """One cleanup pass. Recorded as a CleanupRun (not saved for a dry run, which changes
     nothing; its ``deleted`` attribute lists what would go)."""
     started = timezone.now()
     now = now or started
     tally = _Tally()
-    for step in (expire_jobs, remove_orphans):
+    for step in (expire_jobs, remove_orphans, expire_stem_cache):
         try:
             step(now=now, tally=tally, dry_run=dry_run)
         except Exception as exc:
@@ -162,14 +200,15 @@ def cleanup_run(*, trigger: str = "periodic", dry_run: bool = False, now: dateti
             tally.errors.append(f"{step.__name__}: {exc.__class__.__name__}: {str(exc)[:200]}")
     run = CleanupRun(started_at=started, finished_at=timezone.now(), trigger=trigger, dry_run=dry_run,
                      jobs_expired=tally.jobs, files_deleted=tally.files, orphans_deleted=tally.orphans,
-                     bytes_freed=tally.bytes, errors=tally.errors[:100])
+                     stem_cache_expired=tally.stem_entries, bytes_freed=tally.bytes, errors=tally.errors[:100])
     if not dry_run:
         run.save()
         # Keep the history bounded (a run every 10 minutes is ~4,300 rows a month).
         CleanupRun.objects.filter(started_at__lt=started - timedelta(days=RUN_HISTORY_DAYS)).delete()
-        if tally.jobs or tally.files or tally.orphans or tally.errors:
-            log.info("cleanup: %s jobs expired, %s files + %s orphans deleted, %s bytes, %s errors",
-                     tally.jobs, tally.files, tally.orphans, tally.bytes, len(tally.errors))
+        if tally.jobs or tally.files or tally.orphans or tally.stem_entries or tally.errors:
+            log.info("cleanup: %s jobs expired, %s files + %s orphans + %s stem cache entries deleted, "
+                     "%s bytes, %s errors", tally.jobs, tally.files, tally.orphans, tally.stem_entries,
+                     tally.bytes, len(tally.errors))
     run.deleted = tally.deleted
     return run
 
@@ -226,7 +265,8 @@ def run_periodic_cleanup() -> dict:
             log.warning("could not schedule the next cleanup: %s", exc)
         run = cleanup_run(trigger="periodic")
         return {"run": run.pk, "jobs_expired": run.jobs_expired, "files_deleted": run.files_deleted,
-                "orphans_deleted": run.orphans_deleted, "bytes_freed": run.bytes_freed,
+                "orphans_deleted": run.orphans_deleted,
+                "stem_cache_expired": run.stem_cache_expired, "bytes_freed": run.bytes_freed,
                 "errors": len(run.errors)}
     finally:
         close_old_connections()

@@ -20,6 +20,7 @@ from django.db import close_old_connections
 from . import services
 from .models import CoverJob
 from .queue import cancel_flag_key, redis_connection
+from .stem_cache import stem_cache
 
 log = logging.getLogger(__name__)
 S = CoverJob.Status
@@ -141,6 +142,9 @@ class _Reporter:
 
 
 def _local_input(field_file, dest: Path) -> Path:
+    """A local path for a stored input: FileSystemStorage's own file, else (S3 and other remote
+    storages) a download into the job's scratch folder. Artifacts go back through storage
+    (services.cover_job_store_file), so no worker assumes a folder shared with the web."""
     try:
         return Path(field_file.path)  # local storage: no copy
     except (NotImplementedError, AttributeError):
@@ -193,7 +197,8 @@ def _run(job_id: str, attempt: int) -> str:
 
         ref = local("reference_voice")
         config = build_pipeline_config(job)
-        pipeline = Pipeline(config, on_event=reporter.on_event, should_cancel=reporter.should_cancel)
+        pipeline = Pipeline(config, on_event=reporter.on_event, should_cancel=reporter.should_cancel,
+                            stem_cache=stem_cache())
         if own_stems:
             result = pipeline.run(None, ref, workdir / "run", vocals_path=local("vocals"),
                                   instrumental_path=local("instrumental"))

@@ -24,7 +24,7 @@ from django.utils import timezone
 from . import notifications, webhooks
 from .errors import Conflict, IdempotencyMismatch, InvalidParameter, LimitExceeded, QueueUnavailable
 from .models import CoverJob
-from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, redis_connection
+from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, queue_for_job, redis_connection
 from .uploads import UploadLimits, inspect_upload, storage_name
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def idempotency_store_response(*, api_key, key: str, status: int, body: dict) ->
 def _enqueue(job: CoverJob) -> None:
     from rq import Callback
 
-    cover_queue().enqueue_call(
+    cover_queue(queue_for_job(job)).enqueue_call(  # queues per device class
         func=JOB_FUNC, args=(str(job.id), job.attempt), job_id=job.task_id,
         timeout=settings.COVER_JOB_TIMEOUT, result_ttl=3600, failure_ttl=7 * 86400,
         on_failure=Callback(FAILURE_CALLBACK), description=f"cover job {job.id} attempt {job.attempt}",

@@ -102,7 +102,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 for _name in ("AWS_STORAGE_BUCKET_NAME", "AWS_S3_ENDPOINT_URL", "AWS_S3_REGION_NAME",
-              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_LOCATION"):
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_LOCATION", "AWS_S3_ADDRESSING_STYLE",
+              "AWS_S3_SIGNATURE_VERSION", "AWS_S3_CUSTOM_DOMAIN", "AWS_DEFAULT_ACL"):
     if env(_name, default=None):
         globals()[_name] = env(_name)
 # Scratch folders for running jobs (always local disk).
@@ -125,6 +126,18 @@ RQ_QUEUES = {
 }
 if COVER_QUEUE_NAME != "default":
     RQ_QUEUES["default"] = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT}
+# Queues per device class. COVER_ENGINE_QUEUES routes engines to queues, e.g.
+# "demucs=cover-gpu,gpt-sovits-api=cover-gpu,gpt-sovits-command=cover-gpu"; a job goes to the queue
+# its engines need (several: the first of them in COVER_QUEUES, so list the most capable class
+# first), a job whose engines are not routed to COVER_QUEUE_NAME. Unset: everything on `cover`.
+COVER_ENGINE_QUEUES = env.dict("COVER_ENGINE_QUEUES", default={})
+COVER_QUEUES = list(dict.fromkeys(env.list("COVER_QUEUES", default=[]) + list(COVER_ENGINE_QUEUES.values())
+                                  + [COVER_QUEUE_NAME]))
+for _queue in COVER_QUEUES:
+    RQ_QUEUES.setdefault(_queue, {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT})
+# Separated stems are cached in storage under stem-cache/<key>/ (covers.stem_cache) for
+# COVER_RESULT_TTL_HOURS: a second cover of the same song skips the separator.
+COVER_STEM_CACHE = env.bool("COVER_STEM_CACHE", default=True)
 # Webhook retries (covers.webhooks); the cover worker listens to this queue after its own.
 RQ_QUEUES["cover-webhooks"] = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60}
 # `manage.py rqworker cover` uses this class with no flags: no fork per job (engines stay

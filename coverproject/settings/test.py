@@ -3,7 +3,7 @@ import os
 from pathlib import Path
 
 from .base import *  # noqa: F401,F403
-from .base import CHANNEL_REDIS_HOST_OPTIONS, COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, DATABASES, VAR_DIR, env
+from .base import CHANNEL_REDIS_HOST_OPTIONS, COVER_JOB_TIMEOUT, COVER_QUEUE_NAME, COVER_QUEUES, DATABASES, VAR_DIR, env
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -14,6 +14,8 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT},
     "cover-webhooks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60},
 }
+for _queue in COVER_QUEUES:  # queues per device class (base.py), on the test Redis DB
+    RQ_QUEUES.setdefault(_queue, {"URL": REDIS_URL, "DEFAULT_TIMEOUT": COVER_JOB_TIMEOUT})
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
