@@ -104,6 +104,8 @@ class Pipeline:
                 if _is_cuda_oom(exc):
                     raise PipelineError(name, "the GPU ran out of memory", code="out_of_memory",
                                         transient=True) from None
+                if _disk_full(workdir):  # e.g. libsndfile's "System error" on a full disk
+                    raise PipelineError(name, "no space left on the device", code="no_space") from None
                 log.exception("stage %s failed", name)
                 raise PipelineError(name, f"internal error ({exc.__class__.__name__}: {str(exc)[:200]})",
                                     code="internal_error") from None
@@ -151,6 +153,15 @@ class Pipeline:
         if "report" in result.artifacts:
             write_report(result.artifacts["report"], report)
         return result
+
+
+def _disk_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding ``path`` has less than ``margin`` bytes free."""
+    import shutil
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
 
 
 def _is_cuda_oom(exc: Exception) -> bool:

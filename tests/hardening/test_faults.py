@@ -56,6 +56,31 @@ if os.environ.get("COVER_TEST_ENGINES"):
             _sleep(3600)
             return song, song
 
+    @registry.register("converter", "test-fill")
+    class FillAtMix:
+        """Marks its job so that the mix stage first fills the disk (below)."""
+        name, version = "test-fill", "0"
+
+        def convert(self, vocal, sr, reference, ref_sr, params, ctx):
+            (ctx.workdir / "fill-disk-at-mix").touch()
+            return vocal.mean(axis=0) if vocal.ndim == 2 else vocal
+
+    from inference.stages import mix as _mix
+    _mix_run = _mix.run
+
+    def _filling_mix(pre, sep, conv, cfg, ctx):
+        if (ctx.workdir / "fill-disk-at-mix").exists():
+            try:
+                with open(ctx.workdir / "filler", "wb") as fh:
+                    while True:
+                        fh.write(bytes(1 << 16))
+                        fh.flush()
+            except OSError:
+                pass
+        return _mix_run(pre, sep, conv, cfg, ctx)
+
+    _mix.run = _filling_mix
+
     @registry.register("converter", "test-slow")
     class Slow:
         name, version = "test-slow", "0"
@@ -337,6 +362,33 @@ def test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it(stack, files, 
     assert final["status"] == "succeeded", final
     assert code == 0
     worker_ready(stack)
+
+
+def test_disk_full_during_mix_fails_no_space_removes_partial_files_and_keeps_serving(stack, files, outcome):
+    work = stack.tmp / "work"
+    work.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(work)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for the work folder: {mounted.stderr.strip()[:200]}")
+    try:
+        worker_ready(stack)
+        body = create(stack, files, converter="test-fill")
+        final = wait_for(stack, body["job_id"], lambda b: b["status"] in TERMINAL, 120)
+        left = sorted(p.name for p in work.iterdir())
+        job_media = [f for f in media_files(stack) if body["job_id"] in f]
+        after = create(stack, files, converter="test-slow")  # the service keeps serving
+        done = wait_for(stack, after["job_id"], lambda b: b["status"] in TERMINAL, 120)
+    finally:
+        subprocess.run(["umount", "-l", str(work)], capture_output=True)
+    outcome("disk full during mix (48 MB tmpfs work folder)", expected='failed "no space left"; partial files '
+            'removed; keeps serving', measured=f"{final['status']}: {final['error_message']}; work folder left: "
+            f"{left or 'empty'}; job files: {[f.split('/')[-1] for f in job_media]}; next job {done['status']}")
+    assert final["status"] == "failed" and final["error_message"].startswith("mix:"), final
+    assert "no space left" in final["error_message"] and final["error_code"] == "no_space"
+    assert left == []
+    assert sorted(f.split("/")[-1] for f in job_media) == ["reference_voice.wav", "song.wav"]  # inputs only
+    assert done["status"] == "succeeded", done
 
 
 def test_duplicate_delivery_of_a_job_leaves_one_terminal_state(stack, files, django_db_blocker, outcome):
