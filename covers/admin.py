@@ -361,7 +361,8 @@ def _prefix_ok(term: str) -> bool:
 # --------------------------------------------------------------------------------------------
 @admin.register(CleanupRun)
 class CleanupRunAdmin(admin.ModelAdmin):
-    list_display = ("started_at", "trigger", "jobs_expired", "files_deleted", "orphans_deleted", "freed",
+    list_display = ("started_at", "trigger", "jobs_expired", "files_deleted", "orphans_deleted",
+                    "stem_cache_expired", "freed",
                     "error_count", "duration")
     list_filter = ("trigger",)
     date_hierarchy = "started_at"

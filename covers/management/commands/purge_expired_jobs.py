@@ -23,7 +23,8 @@ class Command(BaseCommand):
                 self.stdout.write(("would delete " if dry_run else "deleted ") + name)
         verb = "would expire" if dry_run else "expired"
         self.stdout.write(f"{verb} {run.jobs_expired} jobs; {run.files_deleted} job files and "
-                          f"{run.orphans_deleted} orphan files, {run.bytes_freed} bytes"
+                          f"{run.orphans_deleted} orphan files, {run.stem_cache_expired} stem cache entries, "
+                          f"{run.bytes_freed} bytes"
                           + (f"; {len(run.errors)} errors" if run.errors else ""))
         for err in run.errors:
             self.stderr.write(f"error: {err}")
