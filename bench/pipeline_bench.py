@@ -81,7 +81,7 @@ def one_run(song: Path, ref: Path, workdir: Path, engines: str = "default") -> d
     cfg = PipelineConfig()
     if engines == "identity":
         _identity_engines()
-        cfg = PipelineConfig(separator="bench-identity", converter="bench-identity")
+        cfg = PipelineConfig(separator="bench-identity", converter="bench-identity", quality_report=False)
     t0 = time.perf_counter()
     res = Pipeline(cfg).run(song, ref, workdir)
     total = time.perf_counter() - t0
