@@ -303,12 +303,18 @@ class CoverJobPagination(PageNumberPagination):
     max_page_size = 100
 
 
+# What the list answers (PageNumberPagination's envelope), so the schema matches the response.
+CoverJobPageSerializer = inline_serializer("CoverJobPage", fields={
+    "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
+    "previous": serializers.URLField(allow_null=True), "results": CoverJobOutputSerializer(many=True)})
+
+
 class CoverJobListApi(APIView):
     @extend_schema(operation_id="cover_jobs_list", summary="List my jobs, newest first",
                    parameters=[OpenApiParameter("status", str, description="queued|running|succeeded|failed|"
                                                 "canceled (comma-separated)"),
                                OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
-                   responses={200: CoverJobOutputSerializer(many=True), **_errors(400, 401)})
+                   responses={200: CoverJobPageSerializer, **_errors(400, 401, 404)})
     def get(self, request):
         qs = cover_job_list(caller=Caller.from_request(request), status=request.query_params.get("status"))
         paginator = CoverJobPagination()
@@ -408,7 +414,8 @@ class VoiceModelOutputSerializer(serializers.Serializer):
 
 class VoiceModelListApi(APIView):
     @extend_schema(operation_id="cover_models_list", summary="The enabled voice models (model_id values)",
-                   responses={200: VoiceModelOutputSerializer(many=True), **_errors(401)})
+                   responses={200: inline_serializer("VoiceModelList", fields={
+                       "results": VoiceModelOutputSerializer(many=True)}), **_errors(401)})
     def get(self, request):
         from .voice_models import voice_model_list_enabled
 
