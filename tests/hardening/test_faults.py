@@ -323,7 +323,7 @@ def test_a_worker_killed_during_infer_fails_the_job_naming_the_stage(stack, file
     time.sleep(4)  # never flips later
     later = get(stack, body["job_id"])
     outcome("worker SIGKILLed during infer", expected="failed within 120 s, stage named; never flips",
-            measured=f"{final['status']} after {took:.1f} s: {final['error_message'][:90]}; 4 s later: {later['status']}")
+            measured=f"{final['status']} after {took:.1f} s: {final['error_message'][:150]}; 4 s later: {later['status']}")
     assert final["status"] == "failed" and final["error_message"].startswith("infer:"), final
     assert "worker" in final["error_message"]
     assert took < 120

@@ -95,3 +95,28 @@ def test_a_stale_attempt_never_writes_over_a_newer_one(outcome):
             measured=f"writes accepted: {sum(bool(x) for x in stale)}; row {job.status}, attempt {job.attempt}")
     assert stale == [None, None, False]
     assert (job.status, job.attempt, job.result.name) == ("running", 2, "")
+
+
+def test_fifty_concurrent_posts_against_a_limit_of_two_accept_exactly_two(outcome, settings, tmp_path):
+    """50 simultaneous creates by one key whose limit is 2 active jobs: exactly 2 are accepted and
+    48 get 429 (the count is re-checked under the key's row lock inside the create transaction)."""
+    from django.test import Client
+
+    from tests import signals
+    from tests.service.conftest import upload, wav_bytes
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    key, raw = make_key("burst", max_concurrent_jobs=2)
+    song = wav_bytes(signals.song(seconds=1.5, sr=16000)[0], 16000)
+    ref = wav_bytes(signals.reference_voice(seconds=3.5, sr=16000), 16000)
+
+    def one():
+        return Client().post("/api/v1/cover/jobs", {"song": upload("s.wav", song), "reference_voice": upload(
+            "r.wav", ref)}, HTTP_X_API_KEY=raw).status_code
+
+    codes = _race(*([one] * 50))
+    counts = {c: codes.count(c) for c in sorted(set(codes), key=str)}
+    outcome("50 concurrent POSTs, per-key limit 2", expected="exactly 2 accepted, 48 x 429",
+            measured=", ".join(f"{n} x {c}" for c, n in counts.items()))
+    assert codes.count(201) == 2 and codes.count(429) == 48, counts
+    assert CoverJob.objects.filter(owner=key).count() == 2
