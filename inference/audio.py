@@ -229,32 +229,69 @@ def _riff_declared_seconds(path: Path | str) -> float | None:
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ") -> np.ndarray:
-    """soxr resampling of ``(channels, samples)`` or ``(samples,)`` float audio."""
+    """soxr resampling of ``(channels, samples)`` or ``(samples,)`` float audio (float32 out).
+
+    Channel by channel through ``soxr.ResampleStream`` in blocks, straight into the output
+    array: no transposed or interleaved copy of the whole song."""
     if sr_in == sr_out:
         return audio.astype(np.float32, copy=False)
-    if audio.ndim == 1:
-        return soxr.resample(audio.astype(np.float32), sr_in, sr_out, quality=quality).astype(np.float32)
-    out = soxr.resample(np.ascontiguousarray(audio.T, dtype=np.float32), sr_in, sr_out, quality=quality)
-    return np.ascontiguousarray(out.T, dtype=np.float32)
+    x = np.asarray(audio, dtype=np.float32)
+    rows = x[None, :] if x.ndim == 1 else x
+    n = rows.shape[1]
+    cap = int(np.ceil(n * sr_out / sr_in)) + 64
+    out = np.empty((rows.shape[0], cap), dtype=np.float32)
+    got = 0
+    for c in range(rows.shape[0]):
+        rs = soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32", quality=quality)
+        pos = 0
+        for s in range(0, max(n, 1), _RESAMPLE_BLOCK):
+            blk = np.ascontiguousarray(rows[c, s:s + _RESAMPLE_BLOCK])
+            y = rs.resample_chunk(blk, last=s + _RESAMPLE_BLOCK >= n)
+            if pos + len(y) > out.shape[1]:
+                out = np.concatenate([out, np.empty((out.shape[0], len(y) + 64), np.float32)], axis=1)
+            out[c, pos:pos + len(y)] = y
+            pos += len(y)
+        got = pos
+    out = out[:, :got]
+    return out[0] if x.ndim == 1 else out
+
+
+_RESAMPLE_BLOCK = 1 << 18
+_IO_BLOCK = 1 << 16
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
-    return audio if audio.ndim == 1 else audio.mean(axis=0).astype(np.float32)
+    return audio if audio.ndim == 1 else audio.mean(axis=0, dtype=np.float32)
 
 
 def read_wav(path: Path | str) -> tuple[np.ndarray, int]:
-    """Read a WAV/FLAC we wrote ourselves: ``(channels, samples)`` float32."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.T), int(sr)
+    """Read a WAV/FLAC we wrote ourselves: ``(channels, samples)`` float32 (read in blocks
+    straight into the result: no interleaved copy of the whole file)."""
+    with sf.SoundFile(str(path)) as f:
+        sr, ch, n = int(f.samplerate), f.channels, f.frames
+        out = np.empty((ch, n), dtype=np.float32)
+        buf = np.empty((_IO_BLOCK, ch), dtype=np.float32)
+        pos = 0
+        while pos < n:
+            got = f.read(min(_IO_BLOCK, n - pos), dtype="float32", always_2d=True, out=buf[: min(_IO_BLOCK, n - pos)])
+            if len(got) == 0:
+                break
+            out[:, pos:pos + len(got)] = got.T
+            pos += len(got)
+    return (out if pos == n else out[:, :pos]), sr
 
 
 def write_wav(path: Path | str, audio: np.ndarray, sr: int, subtype: str = "FLOAT") -> Path:
-    """Write ``(channels, samples)`` or ``(samples,)``; ``subtype`` PCM_16, PCM_24 or FLOAT."""
+    """Write ``(channels, samples)`` or ``(samples,)``; ``subtype`` PCM_16, PCM_24 or FLOAT.
+    Written in blocks (an interleaved copy of one block at a time)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = audio.T if audio.ndim == 2 else audio
+    x = audio[None, :] if audio.ndim == 1 else audio
     tmp = path.with_name(path.name + ".part")
-    sf.write(str(tmp), data, sr, subtype=subtype, format=_format_for(path))
+    with sf.SoundFile(str(tmp), "w", samplerate=int(sr), channels=int(x.shape[0]), subtype=subtype,
+                      format=_format_for(path)) as f:
+        for s in range(0, x.shape[1], _IO_BLOCK):
+            f.write(np.ascontiguousarray(x[:, s:s + _IO_BLOCK].T))
     tmp.replace(path)
     return path
 

@@ -132,13 +132,16 @@ class Pipeline:
             state["sep"] = stage("separate", lambda ctx: separate.run(
                 state["pre"], cfg, ctx, vocals_path=vocals_path, instrumental_path=instrumental_path,
                 cache=self.stem_cache))
+            # later stages read the song back from song.wav when they need it (10-minute songs)
+            state["pre"].song = None
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
+            # mix reads the stems back from the work folder (the instrumental becomes the master)
+            state["sep"].vocals = state["sep"].instrumental = None
             if state["conv"].quality is not None:
                 report["quality"] = state["conv"].quality
             state["mix"] = stage("mix", lambda ctx: mix.run(state["pre"], state["sep"], state["conv"], cfg, ctx))
             # finalize needs only the master and the input facts: let the stems go (10-minute songs)
             state["sep"] = state["conv"] = None
-            state["pre"].song = None
             result: PipelineResult = stage(
                 "finalize", lambda ctx: finalize.run(state["pre"], state["mix"], cfg, report, ctx))
         finally:

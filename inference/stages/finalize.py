@@ -39,7 +39,6 @@ def write_mp3(path: Path, x: np.ndarray, sr: int, bitrate: int = 192_000) -> Pat
     if sr not in MP3_RATES:
         target = min((r for r in MP3_RATES if r >= min(sr, 48000)), default=48000)
         x, sr = audio.resample(x, sr, target), target
-    x = np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
     layout = "mono" if x.shape[0] == 1 else "stereo"
     tmp = path.with_name(path.name + ".part")
     with av.open(str(tmp), mode="w", format="mp3") as out:
@@ -47,7 +46,8 @@ def write_mp3(path: Path, x: np.ndarray, sr: int, bitrate: int = 192_000) -> Pat
         st.bit_rate = bitrate
         fs = st.codec_context.frame_size or 1152
         for start in range(0, x.shape[1], fs):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, start:start + fs]), format="fltp",
+            blk = np.clip(x[:, start:start + fs], -1.0, 1.0).astype(np.float32, copy=False)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(blk), format="fltp",
                                                layout=layout)
             frame.sample_rate = sr
             frame.pts = start
@@ -72,8 +72,11 @@ def run(pre: Preprocessed, mixed: Mixed, cfg: PipelineConfig, report: dict[str, 
 
     ctx.progress(0.0, "converting to the output format")
     x = _channels(mixed.master, out_ch)
-    x = audio.resample(x, mixed.sr, out_sr)
-    x = np.pad(x, ((0, 0), (0, max(0, n_out - x.shape[1]))))[:, :n_out]
+    x = audio.resample(x, mixed.sr, out_sr)          # block-wise (soxr stream); no copy at the same rate
+    if x.shape[1] > n_out:
+        x = x[:, :n_out]
+    elif x.shape[1] < n_out:
+        x = np.pad(x, ((0, 0), (0, n_out - x.shape[1])))
     ctx.check_cancel()
 
     ctx.progress(0.3, "checking loudness and true peak")
@@ -88,7 +91,7 @@ def run(pre: Preprocessed, mixed: Mixed, cfg: PipelineConfig, report: dict[str, 
     renormalized = False
     silent = lufs <= loudness.SILENCE_DB + 1
     if not silent and (tp > ceiling - 0.05 or abs(lufs - target) > 0.3):
-        x, rep = loudness.normalize(x, out_sr, target, ceiling)
+        x, rep = loudness.normalize(x, out_sr, target, ceiling, inplace=not np.shares_memory(x, mixed.master))
         lufs, tp, renormalized = rep.output_lufs, rep.true_peak_dbtp, True
     ctx.check_cancel()
 
@@ -111,7 +114,7 @@ def run(pre: Preprocessed, mixed: Mixed, cfg: PipelineConfig, report: dict[str, 
             ctx.warn(f"output format {fmt!r} is not supported (flac, mp3); skipped")
     ctx.progress(0.8, "writing the report")
 
-    clipped = int(np.count_nonzero(np.abs(x) >= 1.0))
+    clipped = loudness.count_clipped(x)
     out_facts = {"sample_rate": out_sr, "channels": out_ch, "samples": int(x.shape[1]),
                  "duration": round(x.shape[1] / out_sr, 6), "bit_depth": out_cfg.bit_depth,
                  "lufs": round(lufs, 3), "true_peak_dbtp": round(tp, 3),

@@ -1,7 +1,7 @@
 """Stage 4: put the converted vocal back over the instrumental and master to a loudness target.
 
-The converted vocal is matched to the loudness of the original vocal stem (BS.1770 via
-pyloudnorm, RMS where a signal is too quiet or short to gate), optional reverb/compression
+The converted vocal is matched to the loudness of the original vocal stem (BS.1770 with
+pyloudnorm's filters, RMS where a signal is too quiet or short to gate), optional reverb/compression
 (pedalboard), the user's gains, summed with the instrumental (the vocal centred on both
 channels) and brought to ``cfg.mix.target_lufs`` through a true-peak limiter.
 """
@@ -49,16 +49,29 @@ def _effects(vocal: np.ndarray, sr: int, cfg: PipelineConfig) -> np.ndarray:
 
 
 def run(pre: Preprocessed, sep: Separated, conv: Converted, cfg: PipelineConfig, ctx: StageContext) -> Mixed:
+    """Arrays the pipeline has already let go (``pre.song``, ``sep.vocals``, ``sep.instrumental``
+    set to None) are read back from the work folder: loudness straight from the file in blocks,
+    the instrumental into the array that becomes the master (summed and mastered in place)."""
     sr = pre.sr
-    ch, n = pre.song.shape
-    inst = sep.instrumental[:, :n]
-    vocal = np.pad(conv.vocal, (0, max(0, n - len(conv.vocal))))[:n].astype(np.float32)
+    inst = sep.instrumental
+    owned = inst is None
+    if owned:
+        inst, _ = audio.read_wav(sep.instrumental_path)
+    ch, n = pre.song.shape if pre.song is not None else inst.shape
+    inst = inst[:, :n]
+    vocal = conv.vocal
+    if len(vocal) != n:
+        vocal = np.pad(vocal, (0, max(0, n - len(vocal))))[:n]
+    vocal = np.asarray(vocal, dtype=np.float32)
     ctx.progress(0.05, "measuring loudness")
-    song_lufs = loudness.integrated_lufs(pre.song, sr)
-    orig_vocal_lufs = loudness.integrated_lufs(sep.vocals, sr)
+    song_lufs = loudness.integrated_lufs(pre.song, sr) if pre.song is not None \
+        else loudness.file_lufs(pre.song_path)
+    orig_vocal_lufs = loudness.integrated_lufs(sep.vocals, sr) if sep.vocals is not None \
+        else loudness.file_lufs(sep.vocals_path)
     info = {"song_lufs": song_lufs, "vocal_stem_lufs": orig_vocal_lufs}
     ctx.check_cancel()
 
+    vocal_gain = 0.0
     if conv.converted and np.any(vocal):
         vocal = _effects(vocal, sr, cfg)
         ctx.progress(0.2, "matching the converted vocal's loudness")
@@ -70,18 +83,27 @@ def run(pre: Preprocessed, sep: Separated, conv: Converted, cfg: PipelineConfig,
         match_db = float(np.clip(orig_vocal_lufs - conv_lufs, -MAX_MATCH_DB, MAX_MATCH_DB)) \
             if orig_vocal_lufs > loudness.SILENCE_DB + 1 and conv_lufs > loudness.SILENCE_DB + 1 else 0.0
         info.update({"converted_lufs": conv_lufs, "vocal_match_gain_db": match_db})
-        vocal *= np.float32(loudness.db_to_gain(match_db + cfg.mix.vocal_gain_db))
+        vocal_gain = loudness.db_to_gain(match_db + cfg.mix.vocal_gain_db)
     else:
         info.update({"converted_lufs": loudness.SILENCE_DB, "vocal_match_gain_db": 0.0})
 
     ctx.check_cancel()
 
     ctx.progress(0.4, "summing")
-    master = inst * np.float32(loudness.db_to_gain(cfg.mix.instrumental_gain_db))
-    master = master + vocal[None, :]
+    ig = np.float32(loudness.db_to_gain(cfg.mix.instrumental_gain_db))
+    if owned and inst.flags.c_contiguous:
+        master = inst                      # read from the work folder for us: sum in place
+        master *= ig
+    else:
+        master = inst * ig
+    del inst
+    if vocal_gain:
+        vg = np.float32(vocal_gain)
+        for s in range(0, n, 1 << 18):
+            master[:, s:s + (1 << 18)] += (vocal[s:s + (1 << 18)] * vg)[None, :]
     del vocal
     ctx.progress(0.5, "mastering (loudness + true-peak limiter)")
-    master, rep = loudness.normalize(master, sr, cfg.mix.target_lufs, cfg.mix.true_peak_dbtp)
+    master, rep = loudness.normalize(master, sr, cfg.mix.target_lufs, cfg.mix.true_peak_dbtp, inplace=True)
     info.update({"master_" + k: v for k, v in rep.as_dict().items()})
     if rep.output_lufs <= loudness.SILENCE_DB + 1:
         ctx.warn("the mix is silent")
