@@ -69,7 +69,7 @@ class LoudnessMeter:
         self.sr, self.n = int(sr), int(n)
         self.channels = min(int(channels), 5)
         self.sos = _k_weighting_sos(self.sr)
-        self.zi = np.zeros((self.channels, self.sos.shape[0], 2))
+        self.zi = np.zeros((self.sos.shape[0], self.channels, 2))
         t_g, step = _BLOCK_S, 0.25
         nb = int(np.round(((self.n / self.sr - t_g) / (t_g * step)))) + 1
         j = np.arange(max(nb, 0))
@@ -90,17 +90,15 @@ class LoudnessMeter:
         s, e = self.pos, self.pos + m
         i0, i1 = np.searchsorted(self.pts, [s + 1, e + 1])
         want = self.pts[i0:i1] - s - 1                                      # index inside the block
-        for c in range(blk.shape[0]):
-            y = blk[c].astype(np.float64)
-            if not self.nonzero and np.any(y):
-                self.nonzero = True
-            self.power[c] += float(np.dot(y, y))
-            y, self.zi[c] = sps.sosfilt(self.sos, y, zi=self.zi[c])
-            np.square(y, out=y)
-            np.cumsum(y, out=y)
-            y += self.offset[c]
-            self.cs[c, i0:i1] = y[want]
-            self.offset[c] = y[-1]
+        y = blk.astype(np.float64)                                          # (ch, m), one block
+        if not self.nonzero and np.any(y):
+            self.nonzero = True
+        self.power += np.einsum("ij,ij->i", y, y)
+        y, self.zi = sps.sosfilt(self.sos, y, axis=-1, zi=self.zi)
+        np.square(y, out=y)
+        np.cumsum(y, axis=1, out=y)
+        self.cs[:, i0:i1] = y[:, want] + self.offset[:, None]
+        self.offset += y[:, -1]
         self.pos = e
 
     def value(self) -> float:
@@ -347,6 +345,7 @@ def normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, ceiling_dbtp: 
         trim = ceiling_dbtp - 0.1 - tp
         x *= np.float32(db_to_gain(trim))
         tp = true_peak_db(x)
+        got = integrated_lufs(x, sr)
+    # (without a trim, ``got`` was measured on exactly these samples: the same float32 products)
     clipped = count_clipped(x)
-    return x, NormalizeReport(src_lufs, integrated_lufs(x, sr), tp, sample_peak_db(x),
-                              gain_db, limited, trim, clipped)
+    return x, NormalizeReport(src_lufs, got, tp, sample_peak_db(x), gain_db, limited, trim, clipped)
