@@ -294,6 +294,10 @@ def on_rq_failure(rq_job, connection, exc_type, exc_value, tb) -> None:
         if exc_type is not None and exc_type.__name__ == "AbandonedJobError":
             message = f"{stage}: the worker running this job stopped (killed or out of memory); please submit it again"
             code = "worker_lost"
+        elif exc_type is not None and issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
+            # a cold shutdown (a second SIGTERM / Ctrl-C) interrupted the job
+            message = f"{stage}: worker shutdown: the job was interrupted; please submit it again"
+            code = "worker_stopped"
         else:
             message = f"{stage}: the worker failed ({getattr(exc_type, '__name__', 'error')}: {str(exc_value)[:200]})"
             code = "worker_error"

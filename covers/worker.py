@@ -92,9 +92,12 @@ class CoverWorker(SimpleWorker):
     def _fail_current(self, job, reason: str) -> None:
         try:
             from . import services
+            from .models import CoverJob
             job_id, attempt = (list(job.args) + [1])[:2]
-            services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="worker_stopped",
-                                    message=f"the job was interrupted: {reason}; please submit it again")
+            stage = CoverJob.objects.filter(pk=job_id).values_list("stage", flat=True).first() or "preprocess"
+            services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="worker_stopped", stage=stage,
+                                    message=f"{stage}: worker shutdown: the job was interrupted ({reason}); "
+                                            f"please submit it again")
         except Exception:
             log.exception("could not mark job %s failed", getattr(job, "id", "?"))
 

@@ -45,8 +45,8 @@ if os.environ.get("COVER_TEST_ENGINES"):
         name, version = "test-hang", "0"
 
         def convert(self, vocal, sr, reference, ref_sr, params, ctx):
-            _sleep(3600)
-            return vocal
+            while True:  # a signal ends libc sleep early; the hang goes on
+                _sleep(3600)
 
     @registry.register("separator", "test-hang")
     class HangingSeparator:
@@ -361,6 +361,24 @@ def test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it(stack, files, 
             measured=f"{final['status']}; the worker exited {code} {time.monotonic() - t0:.1f} s after SIGTERM")
     assert final["status"] == "succeeded", final
     assert code == 0
+    worker_ready(stack)
+
+
+def test_a_second_sigterm_is_a_cold_shutdown_that_fails_the_job_naming_the_stage(stack, files, outcome):
+    worker_ready(stack)
+    body = create(stack, files, converter="test-hang")
+    wait_for(stack, body["job_id"], lambda b: b["stage"] == "infer", 60)
+    os.kill(stack.worker.pid, signal.SIGTERM)
+    time.sleep(1.5)  # rq ignores a repeated signal within 1 s
+    t0 = time.monotonic()
+    os.kill(stack.worker.pid, signal.SIGTERM)
+    code = stack.worker.wait(timeout=60)
+    final = wait_for(stack, body["job_id"], lambda b: b["status"] in TERMINAL, 30)
+    outcome("two SIGTERMs to the worker during infer", expected='failed "worker shutdown", stage named',
+            measured=f"{final['status']} {time.monotonic() - t0:.1f} s after the second: {final['error_message']}; "
+                     f"worker exit {code}; retried: no")
+    assert final["status"] == "failed" and final["error_code"] == "worker_stopped", final
+    assert final["error_message"].startswith("infer: worker shutdown"), final
     worker_ready(stack)
 
 
