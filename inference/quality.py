@@ -150,9 +150,24 @@ def _frame_level_db(x: np.ndarray, sr: int, n_frames: int) -> np.ndarray:
     """RMS level (dB) of 40 ms windows centred on the F0 frames."""
     hop = max(1, int(round(HOP_S * sr)))
     win = max(hop, int(0.04 * sr))
-    xp = np.pad(np.asarray(x, dtype=np.float64), (win // 2, win // 2 + n_frames * hop))
-    power = np.convolve(xp ** 2, np.ones(win) / win, mode="valid")
-    return 10 * np.log10(power[: n_frames * hop: hop][:n_frames] + 1e-20)
+    # (a running sum per block of frames: np.convolve over the whole padded signal was a direct
+    # O(samples x window) convolution and held three full-length float64 copies)
+    x = np.asarray(x)
+    power = np.zeros(n_frames)
+    step = 4096
+    for f0 in range(0, n_frames, step):
+        f1 = min(n_frames, f0 + step)
+        # frame i's window is samples [i*hop - win//2, i*hop - win//2 + win)
+        a = f0 * hop - win // 2
+        b = (f1 - 1) * hop - win // 2 + win
+        lo, hi = max(0, a), max(0, min(len(x), b))
+        seg = np.zeros(b - a)
+        if hi > lo:
+            seg[lo - a: hi - a] = x[lo:hi]
+        cs = np.concatenate([[0.0], np.cumsum(seg * seg)])
+        starts = np.arange(f1 - f0) * hop
+        power[f0:f1] = (cs[starts + win] - cs[starts]) / win
+    return 10 * np.log10(np.maximum(power, 0.0) + 1e-20)
 
 
 def _melody(x: np.ndarray, sr: int, device: str, progress: Progress | None,

@@ -103,7 +103,7 @@ def _hz_to_bin(hz: float) -> float:
 
 def track_f0(audio: np.ndarray, sr: int, *, device: str = "cpu", model: str | None = None,
              hop_s: float = 0.01, fmin: float = 50.0, fmax: float = 1100.0, silence_db: float = 60.0,
-             batch_frames: int = 512, progress: Progress | None = None
+             batch_frames: int = 512, progress: Progress | None = None, candidates: int = 0
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """F0 of mono ``audio`` at ``sr``.
 
@@ -111,6 +111,9 @@ def track_f0(audio: np.ndarray, sr: int, *, device: str = "cpu", model: str | No
     at ``i * hop_s``). ``f0_hz`` is the network's estimate everywhere it ran (voicing is up to
     the caller: see :func:`clean_f0`); ``periodicity`` is the network's confidence (0..1).
     ``progress(fraction)`` is called after every batch (it may raise to cancel).
+    ``candidates`` > 0: also return ``(cand_hz, cand_p)``, shape ``(frames, candidates)``: the
+    strongest local peaks of the network's activation in each frame (0 where fewer), for
+    :func:`decode_candidates`.
     """
     import torch
     from ..audio import resample
@@ -126,14 +129,22 @@ def track_f0(audio: np.ndarray, sr: int, *, device: str = "cpu", model: str | No
     f0 = np.zeros(n_frames, dtype=np.float64)
     per = np.zeros(n_frames, dtype=np.float64)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    K = int(candidates)
+    cand_hz = np.zeros((n_frames, max(1, K)), dtype=np.float32)
+    cand_p = np.zeros((n_frames, max(1, K)), dtype=np.float32)
     if peak < 1e-5:
         if progress is not None:
             progress(1.0)
-        return times, f0, per
+        return (times, f0, per, cand_hz, cand_p) if K else (times, f0, per)
     xp = np.pad(x / peak, (WINDOW // 2, WINDOW // 2))
     frames = np.lib.stride_tricks.sliding_window_view(xp, WINDOW)[::hop][:n_frames]
     # Only frames with sound go through the network.
-    rms = np.sqrt(np.mean(frames[:, WINDOW // 4: 3 * WINDOW // 4] ** 2, axis=1) + 1e-20)
+    mid = frames[:, WINDOW // 4: 3 * WINDOW // 4]
+    rms = np.empty(len(frames))
+    for s in range(0, len(frames), 4096):   # in blocks: no (frames x window) temporary
+        blk = mid[s:s + 4096]
+        rms[s:s + len(blk)] = np.einsum("ij,ij->i", blk, blk, dtype=np.float64) / blk.shape[1]
+    rms = np.sqrt(rms + 1e-20)
     active = np.flatnonzero(20 * np.log10(rms) > -silence_db)
     lo = int(np.floor(_hz_to_bin(fmin)))
     hi = int(np.ceil(_hz_to_bin(fmax)))
@@ -158,12 +169,75 @@ def track_f0(audio: np.ndarray, sr: int, *, device: str = "cpu", model: str | No
         c = (cents_axis[lo:hi][nb] * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
         f0[idx] = _bins_to_hz(c)
         per[idx] = prob[np.arange(len(b)), b]
+        if K:
+            ch, cp = _peaks(prob, cents_axis[lo:hi], K)
+            cand_hz[idx], cand_p[idx] = ch, cp
         done += len(idx)
         if progress is not None:
             progress(done / max(1, len(active)))
     if progress is not None and not len(active):
         progress(1.0)
-    return times, f0, per
+    return (times, f0, per, cand_hz, cand_p) if K else (times, f0, per)
+
+
+def _peaks(prob: np.ndarray, cents: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``K`` highest local maxima of each activation row: (Hz, activation), 0 where fewer."""
+    n, m = prob.shape
+    left = np.concatenate([np.full((n, 1), -1.0, prob.dtype), prob[:, :-1]], axis=1)
+    right = np.concatenate([prob[:, 1:], np.full((n, 1), -1.0, prob.dtype)], axis=1)
+    peakv = np.where((prob >= left) & (prob > right), prob, 0.0)
+    top = np.argsort(-peakv, axis=1)[:, :K]
+    val = np.take_along_axis(peakv, top, axis=1)
+    offs = np.arange(-4, 5)
+    hz = np.zeros((n, K), np.float32)
+    for k in range(K):
+        b = top[:, k]
+        nb = np.clip(b[:, None] + offs[None, :], 0, m - 1)
+        valid = (b[:, None] + offs[None, :] >= 0) & (b[:, None] + offs[None, :] < m)
+        w = np.take_along_axis(prob, nb, axis=1) * valid
+        c = (cents[nb] * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
+        hz[:, k] = np.where(val[:, k] > 0, _bins_to_hz(c), 0.0)
+    return hz, val.astype(np.float32)
+
+
+def decode_candidates(cand_hz: np.ndarray, cand_p: np.ndarray, *, jump_cost: float = 0.3,
+                      free_cents: float = 50.0, range_cost: float = 2.0, range_margin: float = 300.0,
+                      confident: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Pick one candidate per frame by dynamic programming: cost ``-log(activation)`` plus
+    ``jump_cost`` per semitone moved beyond ``free_cents`` between consecutive frames, plus
+    ``range_cost`` per semitone outside the singer's range (5th..95th percentile of the most
+    confident frames' pitch, widened by ``range_margin`` cents). Accompaniment leaking into a
+    separated vocal stem puts a second peak in the activation; the continuous, in-range peak is
+    the voice. Returns ``(f0_hz, periodicity)`` like :func:`track_f0`."""
+    n, K = cand_hz.shape
+    f0 = np.zeros(n)
+    per = np.zeros(n)
+    if n == 0:
+        return f0, per
+    has = cand_p > 0
+    cents = np.where(has, 1200.0 * np.log2(np.maximum(cand_hz, 1e-3) / 10.0), 0.0)
+    conf = has[:, 0] & (cand_p[:, 0] >= confident)
+    pen = np.zeros((n, K))
+    if conf.sum() >= 20:
+        lo_c, hi_c = np.percentile(cents[conf, 0], [5, 95])
+        lo_c, hi_c = lo_c - range_margin, hi_c + range_margin
+        pen = range_cost * (np.maximum(0, lo_c - cents) + np.maximum(0, cents - hi_c)) / 100.0
+    emit = np.where(has, -np.log(np.maximum(cand_p, 1e-4)) + pen, np.inf)
+    rows = np.arange(K)
+    for s, e in _runs(has.any(axis=1)):
+        back = np.zeros((e - s, K), np.int64)
+        acc = emit[s].copy()
+        for i in range(s + 1, e):
+            d = np.abs(cents[i][:, None] - cents[i - 1][None, :])
+            tr = jump_cost * np.maximum(0.0, d - free_cents) / 100.0 + acc[None, :]
+            j = np.argmin(tr, axis=1)
+            back[i - s] = j
+            acc = emit[i] + tr[rows, j]
+        k = int(np.argmin(acc))
+        for i in range(e - 1, s - 1, -1):
+            f0[i], per[i] = cand_hz[i, k], cand_p[i, k]
+            k = int(back[i - s, k])
+    return f0, per
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

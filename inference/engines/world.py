@@ -51,6 +51,7 @@ WARP_SHRINK = 1.0          # exponent on the estimated factor (pull toward no wa
 WARP_PRIOR = 0.0           # penalty on log(warp)^2 (pulls toward no warp)
 SMOOTH_FRAMES = 1          # temporal smoothing of the envelope correction (1 = none)
 SINGING_ABOVE_SPEECH = 7.0  # semitones: a voice sings roughly a fifth above its speaking pitch
+STATS_FRAMES = 3000         # loud voiced frames sampled for the warp and the cepstral statistics
 
 
 def _pyworld():
@@ -134,9 +135,17 @@ class _Reference:
 
 def _frame_level_db(x: np.ndarray, hop: int, n_frames: int) -> np.ndarray:
     """RMS level (dBFS) of 2*hop windows centred on each frame."""
-    xp = np.pad(x, (hop, hop + n_frames * hop))
-    fr = xp[: (n_frames + 2) * hop].reshape(-1, hop)
-    e = (fr ** 2).mean(axis=1)
+    # energy of each hop-long block (block j covers samples [(j-1)*hop, j*hop)), no padded copy
+    nblk = n_frames + 2
+    e = np.zeros(nblk)
+    m = min(len(x) // hop, nblk - 1)
+    fr = x[: m * hop].reshape(m, hop)
+    for s in range(0, m, 8192):
+        blk = fr[s:s + 8192]
+        e[1 + s: 1 + s + len(blk)] = np.einsum("ij,ij->i", blk, blk, dtype=np.float64) / hop
+    tail = x[m * hop:(m + 1) * hop]
+    if len(tail) and m + 1 < nblk:
+        e[m + 1] = float(np.dot(tail.astype(np.float64), tail.astype(np.float64))) / hop
     e2 = 0.5 * (e[:-1] + e[1:])  # window [i*hop - hop, i*hop + hop)
     return 10 * np.log10(e2[:n_frames] + 1e-20)
 
@@ -165,7 +174,8 @@ class WorldConverter:
                  chunk_seconds: float = 8.0, workers: int | None = None, f0_model: str | None = None,
                  voicing_threshold: float = 0.3, refine_f0: bool = True, cache_size: int = 8,
                  f0_hop_s: float | None = None, isolated_unvoiced_db: float = -12.0,
-                 breath_window_s: float = 0.5):
+                 breath_window_s: float = 0.5, f0_decode: str = "continuity",
+                 decode_options: dict | None = None):
         self.work_rate = int(work_rate)
         self.k = int(k)
         self.knn_weight = float(knn_weight)
@@ -179,6 +189,8 @@ class WorldConverter:
         self.f0_hop_s = float(f0_hop_s) if f0_hop_s else None
         self.isolated_unvoiced_db = float(isolated_unvoiced_db)
         self.breath_window_s = float(breath_window_s)
+        self.f0_decode = str(f0_decode)   # "continuity" (pitchmod.decode_candidates) or "argmax"
+        self.decode_options = dict(decode_options or {})
         self._refs: OrderedDict[str, _Reference] = OrderedDict()
         self._lock = threading.Lock()
         self._grids: dict[tuple[int, int], _Grid] = {}
@@ -198,7 +210,12 @@ class WorldConverter:
         """Clean melody (0 = unvoiced) and its hop in seconds."""
         model = self.f0_model or pitchmod.default_model(device)
         hop = self.f0_hop_s or (0.01 if str(device).startswith("cuda") else 0.02)
-        _, f0, per = pitchmod.track_f0(x, sr, device=device, model=model, hop_s=hop, progress=progress)
+        if self.f0_decode == "continuity":
+            _, f0, per, ch, cp = pitchmod.track_f0(x, sr, device=device, model=model, hop_s=hop,
+                                                   progress=progress, candidates=3)
+            f0, _ = pitchmod.decode_candidates(ch, cp, **self.decode_options)   # voicing: the strongest peak
+        else:
+            _, f0, per = pitchmod.track_f0(x, sr, device=device, model=model, hop_s=hop, progress=progress)
         return pitchmod.clean_f0(f0, per, threshold=self.voicing_threshold, hop_s=hop), hop
 
     # -- reference -----------------------------------------------------------------------------
@@ -285,122 +302,157 @@ class WorldConverter:
             ctx.progress(1.0)
             return silent
 
-        x = resample(vocal, sr, rate).astype(np.float64) if rate != sr else vocal.astype(np.float64)
+        # float32 at the work rate; each chunk goes to float64 only while pyworld works on it
+        x = resample(vocal, sr, rate) if rate != sr else vocal.astype(np.float32)
         f0c, f0hop = self._f0(x, rate, device, ctx.sub(0.15, 0.5))
         hop = int(round(rate * FRAME_MS / 1000))
         n_frames = len(x) // hop + 1
         f0 = _to_grid(f0c, n_frames, f0hop)
+        del f0c
         level = _frame_level_db(x, hop, n_frames)
-        voiced_s = float((f0 > 0).sum() * FRAME_MS / 1000)
+        voiced_all = f0 > 0
+        voiced_s = float(voiced_all.sum() * FRAME_MS / 1000)
         info["voiced_seconds"] = round(voiced_s, 2)
         if voiced_s < 0.3:
             ctx.warn("no singing voice found in the vocal stem; the converted vocal is silent")
             ctx.progress(1.0)
             return silent
 
-        # chunks cut at quiet frames
+        # chunks cut at quiet frames; everything below streams chunk by chunk (memory is bounded
+        # by a few chunks, whatever the song's length)
         bounds = _chunk_bounds(level, self.chunk_seconds * 1000 / FRAME_MS)
         margin = int(0.3 * 1000 / FRAME_MS)  # analysis context each side, frames
-        sp = np.empty((n_frames, 0))
-        ap = None
-        f0r = f0.copy()
+        xfade = int(0.02 * 1000 / FRAME_MS)  # frames of overlap each side of a boundary
+
+        def segment(i: int, pad: int) -> tuple[int, int, np.ndarray]:
+            a, b = bounds[i], bounds[i + 1]
+            s0, s1 = max(0, a - pad), min(n_frames, b + pad)
+            seg = x[s0 * hop: min(len(x), (s1 - 1) * hop + 1)].astype(np.float64)
+            seg = np.pad(seg, (0, max(0, (s1 - s0 - 1) * hop + 1 - len(seg))))
+            return s0, s1, seg
+
+        # ---- pitch -------------------------------------------------------------------------
+        ratio = 2.0 ** (float(params.pitch_shift) / 12.0)
+        octaves = 0
+        src_median = float(np.median(f0[voiced_all])) * ratio
+        if params.auto_pitch:
+            target = ref.median_f0 * 2.0 ** (SINGING_ABOVE_SPEECH / 12.0)
+            octaves = int(np.clip(np.round(np.log2(target / src_median)), -2, 2))
+        shift = ratio * 2.0 ** octaves
+        info.update({"pitch_shift": float(params.pitch_shift), "auto_pitch_octaves": octaves,
+                     "source_median_f0": round(src_median / ratio, 1)})
+
         ex = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="world")
         try:
-            def analyse(i):
+            # ---- timbre statistics from a sample of the loud voiced frames ---------------------
+            use = voiced_all & (level > level.max() - 45)
+            if use.sum() < 10:
+                use = voiced_all
+            ui = np.flatnonzero(use)
+            sample = np.unique(ui[np.linspace(0, len(ui) - 1, min(len(ui), STATS_FRAMES)).astype(int)])
+            chunk_of = np.searchsorted(np.asarray(bounds), sample, side="right") - 1
+
+            def analyse_sample(i):
+                fr = sample[chunk_of == i]
+                if not len(fr):
+                    return None
+                s0, s1, seg = segment(i, margin)
+                t = (fr - s0) * FRAME_MS / 1000
+                f = f0[fr].astype(np.float64)
+                if self.refine_f0:
+                    f = _stonemask(pw, seg, f, t, rate)
+                return np.log(np.maximum(pw.cheaptrick(seg, f, t, rate), 1e-16))
+
+            parts = [p for p in _run_all(ex, analyse_sample, len(bounds) - 1, ctx.sub(0.5, 0.55)) if p is not None]
+            logsp_s = np.concatenate(parts)
+            del parts
+            nb = logsp_s.shape[1]
+            grid = self._grid(rate, nb)
+            mapper = self._envelope_mapper(logsp_s, grid, ref, info)
+            del logsp_s
+
+            # ---- analysis, mapping and synthesis, chunk by chunk --------------------------------
+            def convert_chunk(i):
                 a, b = bounds[i], bounds[i + 1]
-                s0, s1 = max(0, a - margin), min(n_frames, b + margin)
-                seg = x[s0 * hop: min(len(x), (s1 - 1) * hop + 1)]
-                seg = np.pad(seg, (0, max(0, (s1 - s0 - 1) * hop + 1 - len(seg))))
+                s0, s1, seg = segment(i, margin)
                 t = np.arange(s1 - s0) * FRAME_MS / 1000
                 f = f0[s0:s1].copy()
                 if self.refine_f0:
                     f = _stonemask(pw, seg, f, t, rate)
-                s = pw.cheaptrick(seg, f, t, rate)
+                sp = pw.cheaptrick(seg, f, t, rate)
                 # aperiodicity on a 10 ms grid (half the cost), interpolated back to 5 ms
                 f10 = np.ascontiguousarray(f[::2])
                 t10 = np.ascontiguousarray(t[::2])
                 a10 = pw.d4c(seg, f10, t10, rate, threshold=0.0)
-                idx = np.arange(s1 - s0) / 2.0
+                del seg
+                # the frames this chunk synthesises: its own plus the crossfade on each side
+                k0, k1 = max(0, a - xfade) - s0, min(n_frames, b + xfade) - s0
+                idx = np.arange(k0, k1) / 2.0
                 j0 = np.minimum(np.floor(idx).astype(int), len(f10) - 1)
                 j1 = np.minimum(j0 + 1, len(f10) - 1)
                 w = (idx - j0)[:, None]
-                apc = a10[j0] * (1 - w) + a10[j1] * w
-                k0, k1 = a - s0, b - s0
-                return a, b, f[k0:k1], s[k0:k1], apc[k0:k1]
+                ap = a10[j0] * (1 - w) + a10[j1] * w
+                del a10
+                fs = f[k0:k1]
+                sp = mapper(sp[k0:k1], fs > 0)
+                y = pw.synthesize(np.ascontiguousarray(fs * shift), np.ascontiguousarray(sp),
+                                  np.ascontiguousarray(ap), rate, FRAME_MS)
+                return s0 + k0, y.astype(np.float32), (a + 0, f[a - s0: b - s0] > 0)
 
-            results = _run_all(ex, analyse, len(bounds) - 1, ctx.sub(0.5, 0.8))
-            nb = results[0][3].shape[1]
-            sp = np.empty((n_frames, nb))
-            ap = np.empty((n_frames, nb))
-            for a, b, f, s, apc in results:
-                f0r[a:b], sp[a:b], ap[a:b] = f, s, apc
-            del results
+            y = np.zeros(len(x) + hop, np.float32)
+            wsum = np.zeros(len(x) + hop, np.float32)
+            voiced = np.zeros(n_frames, bool)   # the refined melody's voicing (same as the tracker's)
 
-            # ---- pitch -------------------------------------------------------------------------
-            voiced = f0r > 0
-            ratio = 2.0 ** (float(params.pitch_shift) / 12.0)
-            octaves = 0
-            src_median = float(np.median(f0r[voiced])) * ratio
-            if params.auto_pitch:
-                target = ref.median_f0 * 2.0 ** (SINGING_ABOVE_SPEECH / 12.0)
-                octaves = int(np.clip(np.round(np.log2(target / src_median)), -2, 2))
-            f0_out = f0r * ratio * 2.0 ** octaves
-            info.update({"pitch_shift": float(params.pitch_shift), "auto_pitch_octaves": octaves,
-                         "source_median_f0": round(src_median / ratio, 1)})
+            def add(i, res):
+                start_f, piece, (a, v) = res
+                voiced[a:a + len(v)] = v
+                _overlap_add_one(y, wsum, piece, start_f * hop, bounds[i] * hop, bounds[i + 1] * hop,
+                                 xfade * hop, i > 0, i < len(bounds) - 2)
 
-            # ---- timbre -------------------------------------------------------------------------
-            grid = self._grid(rate, nb)
-            sp = self._map_envelope(sp, voiced, level, grid, ref, info)
-            ctx.progress(0.85)
-
-            # ---- synthesis ----------------------------------------------------------------------
-            xfade = int(0.02 * 1000 / FRAME_MS)  # frames of overlap each side of a boundary
-
-            def synth(i):
-                a, b = bounds[i], bounds[i + 1]
-                s0, s1 = max(0, a - xfade), min(n_frames, b + xfade)
-                y = pw.synthesize(np.ascontiguousarray(f0_out[s0:s1]), np.ascontiguousarray(sp[s0:s1]),
-                                  np.ascontiguousarray(ap[s0:s1]), rate, FRAME_MS)
-                return s0, y
-
-            pieces = _run_all(ex, synth, len(bounds) - 1, ctx.sub(0.85, 0.98))
+            _run_streaming(ex, convert_chunk, len(bounds) - 1, add, ctx.sub(0.55, 0.98), self.workers + 1)
         finally:
             ex.shutdown(wait=False, cancel_futures=True)
+        ctx.progress(0.98)
+        np.divide(y, np.maximum(wsum, 1e-6), out=y)
+        y[wsum <= 1e-6] = 0.0
+        del wsum
+        y = y[: len(x)]
 
-        y = _overlap_add(pieces, bounds, hop, len(x), xfade)
         # silence stays silent: gate on the input's level (smooth, per frame)
         gate_db = max(-80.0, float(level.max()) - 75.0)
         g = np.clip((level - gate_db) / 10.0, 0.0, 1.0)
-        gain = np.interp(np.arange(len(x)), np.arange(n_frames) * hop, g)
-        y *= gain
+        _apply_frames(y, g, hop)
         # loudness: the input's RMS over the frames that carry sound
-        loud = np.repeat(level > gate_db + 10, hop)[: len(x)]
-        if loud.any():
-            rin = float(np.sqrt(np.mean(x[loud] ** 2)))
-            rout = float(np.sqrt(np.mean(y[loud] ** 2))) + 1e-12
-            y *= float(np.clip(rin / rout, 0.25, 4.0))
+        loud_frames = level > gate_db + 10
+        if loud_frames.any():
+            rin, rout = _masked_rms(x, loud_frames, hop), _masked_rms(y, loud_frames, hop) + 1e-12
+            y *= np.float32(np.clip(rin / rout, 0.25, 4.0))
         # unvoiced sound far from any sung note is mostly leaked accompaniment in a separated
         # stem: turn it down (breaths and consonants next to notes are kept as they are)
         if self.isolated_unvoiced_db < 0:
             from scipy.ndimage import maximum_filter1d, uniform_filter1d
             w = int(self.breath_window_s * 1000 / FRAME_MS)
-            near = maximum_filter1d((f0r > 0).astype(np.float64), size=2 * w + 1, mode="constant") > 0
+            near = maximum_filter1d(voiced.astype(np.float64), size=2 * w + 1, mode="constant") > 0
             att = np.where(near, 1.0, 10 ** (self.isolated_unvoiced_db / 20))
             att = uniform_filter1d(att, size=21, mode="nearest")
-            y *= np.interp(np.arange(len(x)), np.arange(n_frames) * hop, att)
+            _apply_frames(y, att, hop)
             g = g * att
-        out = resample(y.astype(np.float32), rate, sr) if rate != sr else y.astype(np.float32)
+        out = resample(y, rate, sr) if rate != sr else y
+        del y
         out = np.pad(out, (0, max(0, n - len(out))))[:n]
         if sr > rate:
             # keep the input's own band above the work rate's Nyquist frequency ("air")
-            low = resample(resample(vocal, sr, rate), rate, sr)
+            low = resample(x, rate, sr)
             low = np.pad(low, (0, max(0, n - len(low))))[:n]
-            gate_hi = np.interp(np.arange(n) * rate / sr, np.arange(n_frames) * hop, g)
-            out = out + (vocal - low) * gate_hi.astype(np.float32)
+            np.subtract(vocal, low, out=low)
+            _apply_frames(low, g, hop * sr / rate)
+            out += low
+            del low
+        del x
         peak = float(np.max(np.abs(out), initial=0.0))
         if peak > 0.99:
-            out *= 0.99 / peak
-        out = np.nan_to_num(out).astype(np.float32)
+            out *= np.float32(0.99 / peak)
+        out = np.nan_to_num(out, copy=False).astype(np.float32, copy=False)
         info["seconds"] = round(time.perf_counter() - t_start, 3)
         info["real_time_factor"] = round(info["seconds"] / max(1e-9, n / sr), 4)
         # CPU time of the whole process (all threads) over the same span: the cost on an idle machine
@@ -408,45 +460,44 @@ class WorldConverter:
         ctx.progress(1.0)
         return out
 
-    def _map_envelope(self, sp: np.ndarray, voiced: np.ndarray, level: np.ndarray, grid: _Grid,
-                      ref: _Reference, info: dict) -> np.ndarray:
-        logsp = np.log(np.maximum(sp, 1e-16))
-        use = voiced & (level > level.max() - 45)
-        if use.sum() < 10:
-            use = voiced
+    def _envelope_mapper(self, logsp_s: np.ndarray, grid: _Grid, ref: _Reference, info: dict):
+        """From the log envelopes of a sample of the loud voiced frames: the warp factor and the
+        singer's cepstral statistics; returns ``map(sp, voiced) -> mapped sp`` for one chunk."""
         # vocal-tract-length warp: the factor under which the singer's voiced frames lie nearest
         # to the reference's frames (mel-cepstra 1..N_MATCH-1, maximum-likelihood VTLN style)
-        vi_all = np.flatnonzero(use)
-        sub = vi_all[np.linspace(0, len(vi_all) - 1, min(len(vi_all), 600)).astype(int)]
+        sub = logsp_s[np.linspace(0, len(logsp_s) - 1, min(len(logsp_s), 600)).astype(int)]
         keys = ref.mcep[:, 1:N_MATCH]
         best, alpha = np.inf, 1.0
         for a in np.exp(np.linspace(np.log(WARP_RANGE[0]), np.log(WARP_RANGE[1]), 13)):
-            q = grid.mcep(grid.warp(logsp[sub], a))[:, 1:N_MATCH].astype(np.float32)
+            q = grid.mcep(grid.warp(sub, a))[:, 1:N_MATCH].astype(np.float32)
             d = _knn_dist(q, keys, self.k) + WARP_PRIOR * np.log(a) ** 2
             if d < best:
                 best, alpha = d, float(a)
         alpha = float(alpha ** WARP_SHRINK)
-        logw = grid.warp(logsp, alpha)
-        mc = grid.mcep(logw)
-        mu, sd = mc[use].mean(axis=0), mc[use].std(axis=0) + 1e-6
-        z = mc.copy()
-        z[:, 1:] = (mc[:, 1:] - mu[1:]) / sd[1:] * ref.sd[1:] + ref.mu[1:]
-        target = z.copy()
-        if self.knn_weight > 0 and len(ref.mcep) >= self.k:
-            vi = np.flatnonzero(voiced)
-            knn = _knn_mean(z[vi, 1:N_MATCH].astype(np.float32), ref.mcep[:, 1:N_MATCH], ref.mcep, self.k)
-            target[vi, 1:] = self.knn_weight * knn[:, 1:] + (1 - self.knn_weight) * z[vi, 1:]
-        # unvoiced frames: warp plus the mean shift only
-        uv = ~voiced
-        target[uv, 1:] = mc[uv, 1:] + (ref.mu[1:] - mu[1:])
-        delta = target - mc
-        delta[:, 0] = 0.0  # keep the singer's loudness contour
-        # light temporal smoothing of the correction (15 ms)
-        from scipy.ndimage import uniform_filter1d
-        if SMOOTH_FRAMES > 1:
-            delta = uniform_filter1d(delta, size=SMOOTH_FRAMES, axis=0, mode="nearest")
+        mc_s = grid.mcep(grid.warp(logsp_s, alpha))
+        mu, sd = mc_s.mean(axis=0), mc_s.std(axis=0) + 1e-6
         info.update({"warp_factor": round(alpha, 3), "knn_k": self.k, "knn_weight": self.knn_weight})
-        return np.exp(logw + grid.cep_to_bins(delta))
+        use_knn = self.knn_weight > 0 and len(ref.mcep) >= self.k
+        keys_m = ref.mcep[:, 1:N_MATCH]
+
+        def mapper(sp: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+            logw = grid.warp(np.log(np.maximum(sp, 1e-16)), alpha)
+            mc = grid.mcep(logw)
+            target = mc.copy()
+            target[:, 1:] = (mc[:, 1:] - mu[1:]) / sd[1:] * ref.sd[1:] + ref.mu[1:]
+            if use_knn and voiced.any():
+                vi = np.flatnonzero(voiced)
+                knn = _knn_mean(target[vi, 1:N_MATCH].astype(np.float32), keys_m, ref.mcep, self.k)
+                target[vi, 1:] = self.knn_weight * knn[:, 1:] + (1 - self.knn_weight) * target[vi, 1:]
+            # unvoiced frames: warp plus the mean shift only
+            uv = ~voiced
+            target[uv, 1:] = mc[uv, 1:] + (ref.mu[1:] - mu[1:])
+            delta = target - mc
+            delta[:, 0] = 0.0  # keep the singer's loudness contour
+            logw += grid.cep_to_bins(delta)
+            return np.exp(logw, out=logw)
+
+        return mapper
 
 
 def _knn_dist(q: np.ndarray, keys: np.ndarray, k: int) -> float:
@@ -513,24 +564,63 @@ def _run_all(ex: ThreadPoolExecutor, fn, count: int, progress) -> list:
     return results
 
 
-def _overlap_add(pieces: list, bounds: list[int], hop: int, n: int, xfade: int) -> np.ndarray:
-    y = np.zeros(n + hop)
-    wsum = np.zeros(n + hop)
-    L = xfade * hop * 2
-    for i, (s0, piece) in enumerate(pieces):
-        a, b = bounds[i], bounds[i + 1]
-        start = s0 * hop
-        seg = piece[: max(0, min(len(piece), len(y) - start))]
-        w = np.ones(len(seg))
-        # ramps over [a*hop - xfade*hop, a*hop + xfade*hop) and the same at b
-        pos = start + np.arange(len(seg))
-        if i > 0:
-            r = (pos - (a * hop - xfade * hop)) / max(1, L)
-            w *= np.clip(r, 0.0, 1.0)
-        if i < len(pieces) - 1:
-            r = ((b * hop + xfade * hop) - pos) / max(1, L)
-            w *= np.clip(r, 0.0, 1.0)
-        y[start:start + len(seg)] += seg * w
-        wsum[start:start + len(seg)] += w
-    y = y / np.maximum(wsum, 1e-6) * (wsum > 1e-6)
-    return y[:n]
+def _run_streaming(ex: ThreadPoolExecutor, fn, count: int, consume, progress, ahead: int) -> None:
+    """Run ``fn(i)`` for i < count on the pool, at most ``ahead`` at a time, and hand each result
+    to ``consume(i, result)`` as soon as it is done (results are not kept); progress every 0.25 s."""
+    futures: dict[Future, int] = {}
+    nxt = done_n = 0
+    try:
+        while done_n < count:
+            while nxt < count and len(futures) < ahead:
+                futures[ex.submit(fn, nxt)] = nxt
+                nxt += 1
+            done, _ = wait(set(futures), timeout=0.25, return_when=FIRST_COMPLETED)
+            for f in done:
+                i = futures.pop(f)
+                consume(i, f.result())
+                done_n += 1
+            progress(done_n / count)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+
+
+def _overlap_add_one(y: np.ndarray, wsum: np.ndarray, piece: np.ndarray, start: int, a: int, b: int,
+                     x: int, fade_in: bool, fade_out: bool) -> None:
+    """Add ``piece`` (starting at sample ``start``) into ``y``/``wsum`` with linear ramps over
+    ``[a - x, a + x)`` and ``[b - x, b + x)``."""
+    seg = piece[: max(0, min(len(piece), len(y) - start))]
+    w = np.ones(len(seg), np.float32)
+    pos = start + np.arange(len(seg))
+    L = max(1, 2 * x)
+    if fade_in:
+        w *= np.clip((pos - (a - x)) / L, 0.0, 1.0).astype(np.float32)
+    if fade_out:
+        w *= np.clip(((b + x) - pos) / L, 0.0, 1.0).astype(np.float32)
+    y[start:start + len(seg)] += seg * w
+    wsum[start:start + len(seg)] += w
+
+
+def _apply_frames(y: np.ndarray, env: np.ndarray, hop: float, block: int = 1 << 18) -> None:
+    """``y *= env`` with ``env`` given per frame (frame ``i`` at sample ``i * hop``), linearly
+    interpolated, in blocks (no full-length float64 temporary)."""
+    xp = np.arange(len(env)) * hop
+    for s in range(0, len(y), block):
+        e = min(len(y), s + block)
+        y[s:e] *= np.interp(np.arange(s, e), xp, env).astype(np.float32)
+
+
+def _masked_rms(x: np.ndarray, frames: np.ndarray, hop: int) -> float:
+    """RMS of the samples of ``x`` whose frame (``sample // hop``) is set in ``frames``."""
+    tot, cnt = 0.0, 0
+    nf = min(len(frames), -(-len(x) // hop))
+    for s in range(0, nf, 4096):
+        e = min(nf, s + 4096)
+        m = np.repeat(frames[s:e], hop)
+        seg = x[s * hop: e * hop]
+        m = m[: len(seg)]
+        v = seg[m].astype(np.float64)
+        tot += float(np.dot(v, v))
+        cnt += len(v)
+    return float(np.sqrt(tot / max(1, cnt)))
