@@ -123,22 +123,41 @@ def decode(path: Path | str, field: str = "song", *, max_seconds: float | None =
             raise InputError(field, f"{field} declares no sample rate", code="unsupported_media")
         header = _header_seconds(container, stream)
         resampler = av.AudioResampler(format="fltp", layout=None, rate=None)
-        chunks: list[np.ndarray] = []
         total = 0
         limit = int(max_seconds * rate) + 1 if max_seconds else None
+        # decoded straight into one growing buffer per channel (sized from the header), not a
+        # list of small frames to concatenate: no 2x peak and no heap fragmented by frames
+        est = int(header * rate) + rate if header > 0 else 30 * rate
+        if limit is not None:
+            est = min(est, limit + 8192)
+        bufs: list[np.ndarray] = []
+
+        def put(arr: np.ndarray) -> None:
+            nonlocal total
+            m = arr.shape[1]
+            if not bufs:
+                bufs.extend(np.empty(max(est, m), np.float32) for _ in range(arr.shape[0]))
+            if arr.shape[0] != len(bufs):
+                raise ValueError("the channel count changed mid-stream")
+            if total + m > len(bufs[0]):
+                grow = max(total + m, int(len(bufs[0]) * 1.5))
+                for c in range(len(bufs)):
+                    nb = np.empty(grow, np.float32)
+                    nb[:total] = bufs[c][:total]
+                    bufs[c] = nb
+            for c in range(len(bufs)):
+                bufs[c][total:total + m] = arr[c]
+            total += m
+
         try:
             for frame in container.decode(stream):
                 for f in resampler.resample(frame):
-                    arr = f.to_ndarray()
-                    chunks.append(arr.astype(np.float32, copy=False))
-                    total += arr.shape[1]
+                    put(f.to_ndarray())
                 if limit is not None and total > limit:
                     raise InputError(field, f"{field} is longer than the limit of {max_seconds:g} s",
                                      code="too_long")
             for f in resampler.resample(None):
-                arr = f.to_ndarray()
-                chunks.append(arr.astype(np.float32, copy=False))
-                total += arr.shape[1]
+                put(f.to_ndarray())
         except InputError:
             raise
         except Exception as exc:
@@ -156,17 +175,21 @@ def decode(path: Path | str, field: str = "song", *, max_seconds: float | None =
                                     f"{got:.1f} s could be decoded", code="corrupt_audio")
         if limit is not None and total > limit:
             raise InputError(field, f"{field} is longer than the limit of {max_seconds:g} s", code="too_long")
-        audio = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
-        chunks.clear()
+        keep = total
         # AAC/Opus/Vorbis decoders emit the encoder's padding at the end; the container
         # header holds the true length (the start is already trimmed by FFmpeg).
         if header > 0 and any(k in fmt for k in ("mp4", "ogg", "matroska")):
             want = int(round(header * rate))
             if want < total <= want + int(0.2 * rate):
-                audio = audio[:, :want]
-        if not np.all(np.isfinite(audio)):
-            audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
-        return np.ascontiguousarray(audio), rate
+                keep = want
+        audio = np.empty((len(bufs), keep), dtype=np.float32)
+        for c in range(len(bufs)):          # one channel's buffer at a time is let go
+            audio[c] = bufs[c][:keep]
+            bufs[c] = None
+            row = audio[c]
+            if not np.all(np.isfinite(row)):
+                np.nan_to_num(row, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return audio, rate
     finally:
         container.close()
 

@@ -81,6 +81,11 @@ def _fit(x: np.ndarray, channels: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(x[:, :n])
 
 
+def _finite(x: np.ndarray, block: int = 1 << 18) -> bool:
+    """No NaN/inf in ``(channels, samples)``, checked block by block (no full-length mask)."""
+    return all(bool(np.all(np.isfinite(x[:, s:s + block]))) for s in range(0, x.shape[1], block))
+
+
 def _decode_stem(path, field: str, max_seconds: float) -> tuple[np.ndarray, int]:
     return audio.decode(path, field, max_seconds=max_seconds)
 
@@ -180,7 +185,7 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
                                        f"({exc.__class__.__name__}: {str(exc)[:200]})", code="engine_error") from None
     ch, n = pre.song.shape
     vocals, inst = _fit(vocals, ch, n), _fit(inst, ch, n)
-    if not (np.all(np.isfinite(vocals)) and np.all(np.isfinite(inst))):
+    if not (_finite(vocals) and _finite(inst)):
         raise PipelineError(ctx.stage, f"the separator {cfg.separator!r} returned invalid samples (NaN/inf)",
                             code="engine_error")
     ctx.check_cancel()
