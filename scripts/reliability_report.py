@@ -46,7 +46,9 @@ the table above holds the numbers of the last run.
    supervisor starts a fresh process (`test_a_stage_over_its_limit_...`; the stage blocks in libc
    `sleep` through ctypes). The whole job is also bounded by `COVER_JOB_TIMEOUT`.
 5. **Warm shutdown.** SIGTERM to a worker during a job lets the job finish (`succeeded`) and the
-   worker exit 0 (`test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it`).
+   worker exit 0 (`test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it`). A second SIGTERM
+   (cold shutdown) fails the job at once: `"<stage>: worker shutdown: the job was interrupted ..."`
+   (`worker_stopped`) (`test_a_second_sigterm_is_a_cold_shutdown_...`).
 6. **Disk full fails cleanly.** No space left during a stage: `failed`, `"<stage>: no space left on
    the device"` (`no_space`), the job's scratch folder removed, no result stored, and the next job
    succeeds (`test_disk_full_during_mix_...`, a 48 MB tmpfs mounted over the work folder).
@@ -77,8 +79,9 @@ the table above holds the numbers of the last run.
 ### Not yet proven by this suite
 - PostgreSQL restarted mid-job (fault 8): not injected yet (it needs a private cluster; the shared
   server must not be restarted). Django reconnects per request/job (`CONN_HEALTH_CHECKS`), untested.
-- A second SIGTERM (cold shutdown) -> `failed "worker shutdown"` and one retry for transient errors:
-  the cold-shutdown path marks the job failed (`worker_stopped`); the retry policy is not tested here.
+- "Retried at most once, only for transient errors (CUDA OOM, lost worker)": no automatic retry of
+  a started job exists or is tested here (a job failed by a shutdown or a lost worker asks the
+  client to submit it again); only a row that never reached Redis is re-enqueued (attempt + 1).
 - A WebSocket client that never reads (fault 10): not measured yet.
 - A decoder crash in the web process: uploads are probed in-process (header only, FFmpeg with
   protocol and format whitelists); probing in a sandboxed subprocess is not done.
