@@ -304,7 +304,9 @@ class WorldConverter:
 
         # float32 at the work rate; each chunk goes to float64 only while pyworld works on it
         x = resample(vocal, sr, rate) if rate != sr else vocal.astype(np.float32)
+        cpu_ref = time.process_time()
         f0c, f0hop = self._f0(x, rate, device, ctx.sub(0.15, 0.5))
+        info["cpu_seconds_f0"] = round(time.process_time() - cpu_ref, 3)
         hop = int(round(rate * FRAME_MS / 1000))
         n_frames = len(x) // hop + 1
         f0 = _to_grid(f0c, n_frames, f0hop)
@@ -413,6 +415,7 @@ class WorldConverter:
         finally:
             ex.shutdown(wait=False, cancel_futures=True)
         ctx.progress(0.98)
+        info["cpu_seconds_world"] = round(time.process_time() - cpu_ref - info["cpu_seconds_f0"], 3)
         np.divide(y, np.maximum(wsum, 1e-6), out=y)
         y[wsum <= 1e-6] = 0.0
         del wsum
