@@ -246,6 +246,12 @@ def _run(job_id: str, attempt: int) -> str:
         return _status_of(job_id)
     except PipelineError as exc:
         _discard(job, stored)
+        stage = exc.stage or reporter.stage
+        if exc.transient and services.cover_job_retry_transient(job_id=job.id, attempt=attempt, code=exc.code,
+                                                                 message=exc.message, stage=stage):
+            log.warning("job %s attempt %s: transient error in %s (%s); re-queued once",
+                        job_id, attempt, stage, exc.code)
+            return _status_of(job_id)
         services.cover_job_fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
                                 message=_describe(exc.stage or reporter.stage, exc.message))
         return _status_of(job_id)

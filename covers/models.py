@@ -99,6 +99,8 @@ class CoverJob(models.Model):
     task_id = models.CharField(max_length=64, blank=True, default="", db_index=True,
                                help_text="The RQ job id of the current attempt.")
     attempt = models.PositiveSmallIntegerField(default=1)
+    retries = models.PositiveSmallIntegerField(default=0, help_text="Runs re-queued after a transient "
+                                               "error (GPU out of memory, ...); at most one.")
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When the RQ job reached Redis.")
     worker_name = models.CharField(max_length=128, blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life while running.")

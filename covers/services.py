@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import notifications, webhooks
@@ -145,6 +145,36 @@ def cover_job_fail(*, job_id, message: str, code: str = "error", attempt: int | 
     if stage:
         fields["stage"] = stage
     return cover_job_transition(job_id=job_id, to=S.FAILED, attempt=attempt, **fields)
+
+
+MAX_TRANSIENT_RETRIES = 1
+
+
+def cover_job_retry_transient(*, job_id, attempt: int, code: str, message: str,
+                              stage: str | None = None) -> bool:
+    """A running attempt hit a transient error (GPU out of memory, ...): put the job back in the
+    queue as a new attempt, once. Returns False (and changes nothing) when the job was already
+    retried, is no longer running this attempt, or cannot be enqueued; the caller then fails it.
+
+    The same conditional UPDATE pattern as every transition: only the row still ``running`` for
+    ``attempt`` with no retry used moves, so a stale attempt can never requeue a newer one."""
+    new_attempt = attempt + 1
+    task_id = _new_task_id(job_id, new_attempt)
+    note = (f"{stage}: {message}" if stage and not message.startswith(f"{stage}:") else message)
+    moved = CoverJob.objects.filter(pk=job_id, status=S.RUNNING, attempt=attempt,
+                                    retries__lt=MAX_TRANSIENT_RETRIES).update(
+        status=S.QUEUED, attempt=new_attempt, task_id=task_id, retries=F("retries") + 1,
+        stage="", progress=0, heartbeat_at=None, worker_name="", error_code=code[:64],
+        error_message=f"retrying once after a transient error ({note})"[:2000], updated_at=timezone.now())
+    if moved != 1:
+        return False
+    job = CoverJob.objects.select_related("owner").get(pk=job_id)
+    try:
+        _enqueue(job)
+    except Exception as exc:  # Redis gone: the reconciler re-enqueues queued rows missing from Redis
+        log.warning("re-enqueue of %s after a transient error failed: %s", job_id, exc)
+    notifications.notify_job_changed(job)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
