@@ -175,7 +175,7 @@ class WorldConverter:
                  voicing_threshold: float = 0.3, refine_f0: bool = True, cache_size: int = 8,
                  f0_hop_s: float | None = None, isolated_unvoiced_db: float = -12.0,
                  breath_window_s: float = 0.5, f0_decode: str = "continuity",
-                 decode_options: dict | None = None):
+                 decode_options: dict | None = None, stats_db: float = 45.0):
         self.work_rate = int(work_rate)
         self.k = int(k)
         self.knn_weight = float(knn_weight)
@@ -191,6 +191,7 @@ class WorldConverter:
         self.breath_window_s = float(breath_window_s)
         self.f0_decode = str(f0_decode)   # "continuity" (pitchmod.decode_candidates) or "argmax"
         self.decode_options = dict(decode_options or {})
+        self.stats_db = float(stats_db)   # frames for the warp/statistics: within this of the loudest
         self._refs: OrderedDict[str, _Reference] = OrderedDict()
         self._lock = threading.Lock()
         self._grids: dict[tuple[int, int], _Grid] = {}
@@ -347,7 +348,7 @@ class WorldConverter:
         ex = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="world")
         try:
             # ---- timbre statistics from a sample of the loud voiced frames ---------------------
-            use = voiced_all & (level > level.max() - 45)
+            use = voiced_all & (level > level.max() - self.stats_db)
             if use.sum() < 10:
                 use = voiced_all
             ui = np.flatnonzero(use)
