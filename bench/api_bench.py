@@ -68,9 +68,18 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """user + system CPU seconds so far of a process and its live descendants (Linux /proc)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def make_inputs(tmp: Path, target_bytes: int) -> tuple[Path, Path]:
@@ -225,6 +234,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--postgres", default="", help="admin URL of a PostgreSQL server: use a new database there "
                     "(created and dropped by the bench) instead of SQLite")
+    ap.add_argument("--processes", type=int, default=0, help="serve with `manage.py serve --processes N` "
+                    "(N daphne processes on one socket) instead of one plain daphne")
     ap.add_argument("--json", default="")
     ap.add_argument("--daphne-log", default="", help="keep daphne's log (stdout+stderr) at this path")
     args = ap.parse_args()
@@ -262,9 +273,13 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = open(tmp / "daphne.log", "wb")
-        daphne = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                   "coverproject.asgi:application"], cwd=ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        if args.processes:
+            server = manage + ["serve", "--port", str(port), "--processes", str(args.processes)]
+        else:
+            server = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                      "coverproject.asgi:application"]
+        daphne = subprocess.Popen(server, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
         import requests
 
         deadline = time.monotonic() + 90

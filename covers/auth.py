@@ -39,7 +39,10 @@ def key_from_string(raw: str) -> APIKey:
     prefix, dot, _ = raw.partition(".")
     if not dot or not prefix:
         raise exceptions.AuthenticationFailed("Invalid API key.")
-    key = APIKey.objects.select_related("owner").filter(prefix=prefix).first()
+    try:  # prefix is unique; get() compiles no ORDER BY (every authenticated request runs this)
+        key = APIKey.objects.select_related("owner").get(prefix=prefix)
+    except APIKey.DoesNotExist:
+        key = None
     if key is None or not key.is_valid(raw):
         raise exceptions.AuthenticationFailed("Invalid API key.")
     if key.revoked:

@@ -36,10 +36,10 @@ def cover_job_get(*, job_id, caller) -> CoverJob:
         uid = uuid.UUID(str(job_id))
     except ValueError:
         raise NotFound("No such job.", field="job_id") from None
-    job = cover_job_visible(caller=caller).filter(pk=uid).first()
-    if job is None:
-        raise NotFound("No such job.", field="job_id")
-    return job
+    try:  # get(), not first(): no ORDER BY to compile on the hottest read (status polling)
+        return cover_job_visible(caller=caller).get(pk=uid)
+    except CoverJob.DoesNotExist:
+        raise NotFound("No such job.", field="job_id") from None
 
 
 def cover_job_wait(*, job_id, seconds: float, caller, poll: float = 0.25) -> CoverJob:

@@ -74,8 +74,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 30, "transaction_mode": "IMMEDIATE",
          "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"})
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # PostgreSQL: a connection pool per process (psycopg_pool through Django's "pool" option).
+    # Persistent connections (CONN_MAX_AGE) are per thread, and under ASGI every request runs in
+    # a fresh thread: 50 concurrent status reads left hundreds of idle connections behind and the
+    # server answered "too many clients" (bench/api_bench.py). The pool bounds each process at
+    # DATABASE_POOL_MAX_SIZE connections and checks a connection before lending it (a restarted
+    # server costs no failed request). DATABASE_POOL=false (e.g. behind PgBouncer in transaction
+    # mode) falls back to DATABASE_CONN_MAX_AGE.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if env.bool("DATABASE_POOL", default=True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by Django with a pool
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),  # s to wait for a connection
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -111,6 +126,8 @@ COVER_WORK_ROOT = Path(env("COVER_WORK_ROOT", default=str(VAR_DIR / "work")))
 
 # --- Redis, RQ, Channels ---
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# `manage.py serve`: daphne processes sharing the listening socket (one core each for HTTP).
+COVER_WEB_PROCESSES = env.int("COVER_WEB_PROCESSES", default=1)
 COVER_QUEUE_NAME = env("COVER_QUEUE_NAME", default="cover")
 COVER_JOB_TIMEOUT = env.int("COVER_JOB_TIMEOUT", default=1800)  # seconds per job (RQ's default: 180)
 COVER_RESULT_TTL_HOURS = env.float("COVER_RESULT_TTL_HOURS", default=24)
