@@ -93,3 +93,42 @@ def test_serve_runs_n_daphne_processes_on_one_socket_restarts_a_dead_one_and_sto
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_daphne_hands_multipart_bodies_to_django_without_twisted_parsing_them():
+    """coverproject.asgi makes daphne's requests opt out of Twisted's own multipart parsing (daphne
+    never reads its result; it cost most of daphne's CPU on large uploads)."""
+    import io
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import StringTransport
+    from twisted.web import http
+
+    import coverproject.asgi  # noqa: F401  (what daphne imports before serving)
+    from daphne import http_protocol
+
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"song\"; filename=\"a.wav\"\r\n"
+            b"Content-Type: audio/wav\r\n\r\n" + b"\x00" * 1000 + b"\r\n--XyZ--\r\n")
+
+    def receive(request_class):
+        class Probe(request_class):
+            def process(self):
+                self.processed = True
+
+        server = SimpleNamespace(protocol_connected=lambda request: None)
+        channel = http.HTTPChannel()
+        channel.factory = SimpleNamespace(server=server)
+        channel.makeConnection(StringTransport())
+        req = Probe(channel)
+        req.requestHeaders.setRawHeaders(b"content-type", [b"multipart/form-data; boundary=XyZ"])
+        req.content = io.BytesIO(body)
+        req.content.seek(0, 2)
+        req.requestReceived(b"POST", b"/api/v1/cover/jobs", b"HTTP/1.1")
+        assert req.processed
+        return req
+
+    assert b"song" in receive(http.Request).args  # what Twisted does by default
+    served = receive(http_protocol.WebRequest)
+    assert served.args == {} and served.content.read() == body  # the raw body is left for ASGI
+    built = http_protocol.HTTPFactory(server=None).buildProtocol(("127.0.0.1", 0))
+    assert built.requestFactory is http_protocol.WebRequest  # what daphne builds its requests from
