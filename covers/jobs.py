@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from . import services
 from .models import CoverJob
@@ -97,6 +97,59 @@ def build_pipeline_config(job: CoverJob):
     )
 
 
+# How long a running job waits for the database to come back (a restart, a failover) before it
+# gives up; meanwhile every write and read of the job is retried with a short backoff.
+DB_RETRY_SECONDS = 30.0
+DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for longer than DB_RETRY_SECONDS."""
+
+
+def _drop_connection() -> None:
+    """Forget this thread's (broken) connection; the next query takes a fresh one (from the pool,
+    which checks it first: CONN_HEALTH_CHECKS)."""
+    try:
+        connection.close()
+    except Exception:  # closing a dead connection may fail too; Django forgets it all the same
+        pass
+
+
+def _db_retry(fn, what: str, *, verify=None):
+    """``fn()``, retried while the database is unreachable (OperationalError / InterfaceError:
+    restarted, failing over, the pool timing out), with backoff 0.2 s -> 2 s, for up to
+    DB_RETRY_SECONDS (``COVER_DB_RETRY_SECONDS`` overrides it); then DatabaseUnavailable.
+
+    Every write retried here is one conditional UPDATE, so a repeat is harmless. When a retried
+    write answers "nothing changed", ``verify()`` (if given) says whether the attempt that lost its
+    connection had in fact committed: its result is returned instead."""
+    limit = float(getattr(settings, "COVER_DB_RETRY_SECONDS", DB_RETRY_SECONDS))
+    deadline = time.monotonic() + limit
+    delay, tries = 0.2, 0
+    while True:
+        try:
+            out = fn()
+        except DB_ERRORS as exc:
+            if connection.in_atomic_block:
+                raise  # a transaction's work is lost with its connection: the caller must redo it
+            tries += 1
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(f"the database was unreachable for {limit:g} s while {what} "
+                                          f"({exc.__class__.__name__}: {str(exc).strip()[:150]})") from exc
+            log.warning("database unreachable while %s (%s: %s); retry %d in %.1f s", what,
+                        exc.__class__.__name__, str(exc).strip()[:200], tries, delay)
+            _drop_connection()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if tries and not out and verify is not None:
+            return _db_retry(verify, what)
+        if tries:
+            log.info("database reachable again while %s (after %d retries)", what, tries)
+        return out
+
+
 class _Reporter:
     """Pipeline events -> throttled DB writes (+ notifications); cooperative cancel checks."""
 
@@ -113,11 +166,16 @@ class _Reporter:
         self.stage = ev.stage
         if ev.type == "stage_finished" and ev.seconds is not None:
             self.timings[ev.stage] = round(float(ev.seconds), 3)
-            ok = services.cover_job_progress(job=self.job, stage=ev.stage, progress=ev.overall * 100,
-                                             timings=dict(self.timings))
+            kwargs = {"timings": dict(self.timings)}
         else:
-            ok = services.cover_job_progress(job=self.job, stage=ev.stage, progress=ev.overall * 100,
-                                             force=ev.type == "stage_started")
+            kwargs = {"force": ev.type == "stage_started"}
+        try:
+            ok = _db_retry(lambda: services.cover_job_progress(job=self.job, stage=ev.stage,
+                                                               progress=ev.overall * 100, **kwargs),
+                           f"recording progress in {ev.stage}")
+        except DatabaseUnavailable as exc:
+            from inference.errors import PipelineError
+            raise PipelineError(ev.stage, str(exc), code="database_unavailable") from None
         if not ok:
             self.stopped = True
 
@@ -134,8 +192,12 @@ class _Reporter:
                 return True
         except Exception:
             pass  # Redis hiccup: the DB below is the truth anyway
-        status = CoverJob.objects.filter(pk=self.job.id, attempt=self.job.attempt).values_list(
-            "status", flat=True).first()
+        try:
+            status = _db_retry(lambda: CoverJob.objects.filter(pk=self.job.id, attempt=self.job.attempt).values_list(
+                "status", flat=True).first(), f"checking for a cancel in {self.stage}")
+        except DatabaseUnavailable as exc:
+            from inference.errors import PipelineError
+            raise PipelineError(self.stage, str(exc), code="database_unavailable") from None
         if status != S.RUNNING:
             self.stopped = True
         return self.stopped
@@ -177,9 +239,17 @@ def _run(job_id: str, attempt: int) -> str:
     from inference.errors import Canceled, InputError, PipelineError
     from rq.timeouts import JobTimeoutException
 
-    job = services.cover_job_start(job_id=job_id, attempt=attempt, worker_name=_current_worker_name())
+    worker_name = _current_worker_name()
+
+    def started_meanwhile():  # the start committed, but its connection died before the answer
+        return CoverJob.objects.select_related("owner").filter(
+            pk=job_id, attempt=attempt, status=S.RUNNING, worker_name=worker_name[:128]).first()
+
+    job = _db_retry(lambda: services.cover_job_start(job_id=job_id, attempt=attempt, worker_name=worker_name),
+                    "starting the job", verify=started_meanwhile)
     if job is None:
-        current = CoverJob.objects.filter(pk=job_id).values_list("status", "attempt").first()
+        current = _db_retry(lambda: CoverJob.objects.filter(pk=job_id).values_list("status", "attempt").first(),
+                            "reading the job")
         log.info("job %s attempt %s not started (row: %s)", job_id, attempt, current)
         return current[0] if current else "deleted"
     workdir = Path(settings.COVER_WORK_ROOT) / f"{job.id}-{attempt}"
@@ -228,8 +298,17 @@ def _run(job_id: str, attempt: int) -> str:
         timings = dict(report.get("timings") or reporter.timings)
         quality = dict(getattr(result, "quality", None) or report.get("quality") or {})
         fields.update(quality=quality, quality_warning=bool(quality.get("quality_warning")))
-        done = services.cover_job_transition(job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report,
-                                             timings=timings, stage=CoverJob.Stage.FINALIZE, **fields)
+        def succeeded_meanwhile():  # the UPDATE committed, but its connection died before the answer
+            return CoverJob.objects.filter(pk=job.id, attempt=attempt, status=S.SUCCEEDED,
+                                           result=fields["result"]).first()
+
+        try:
+            done = _db_retry(lambda: services.cover_job_transition(
+                job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report, timings=timings,
+                stage=CoverJob.Stage.FINALIZE, **fields), "recording the result", verify=succeeded_meanwhile)
+        except DatabaseUnavailable as exc:
+            from inference.errors import PipelineError
+            raise PipelineError(CoverJob.Stage.FINALIZE, str(exc), code="database_unavailable") from None
         if done is None:  # canceled/failed/deleted meanwhile: no result for it
             _discard(job, stored)
             return _status_of(job_id)
@@ -237,36 +316,38 @@ def _run(job_id: str, attempt: int) -> str:
     except Canceled:
         _discard(job, stored)
         # Normally the API already set canceled; this covers a cancel seen only through Redis.
-        services.cover_job_transition(job_id=job.id, to=S.CANCELED, attempt=attempt)
+        _db_retry(lambda: services.cover_job_transition(job_id=job.id, to=S.CANCELED, attempt=attempt),
+                  "recording the cancel")
         return _status_of(job_id)
     except InputError as exc:
         _discard(job, stored)
-        services.cover_job_fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
-                                message=_describe(exc.stage or reporter.stage, exc.message))
+        _fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
+              message=_describe(exc.stage or reporter.stage, exc.message))
         return _status_of(job_id)
     except PipelineError as exc:
         _discard(job, stored)
         stage = exc.stage or reporter.stage
-        if exc.transient and services.cover_job_retry_transient(job_id=job.id, attempt=attempt, code=exc.code,
-                                                                 message=exc.message, stage=stage):
+        if exc.transient and _db_retry(lambda: services.cover_job_retry_transient(
+                job_id=job.id, attempt=attempt, code=exc.code, message=exc.message, stage=stage),
+                "re-queueing the job"):
             log.warning("job %s attempt %s: transient error in %s (%s); re-queued once",
                         job_id, attempt, stage, exc.code)
             return _status_of(job_id)
-        services.cover_job_fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
-                                message=_describe(exc.stage or reporter.stage, exc.message))
+        _fail(job_id=job.id, attempt=attempt, code=exc.code, stage=exc.stage or reporter.stage,
+              message=_describe(exc.stage or reporter.stage, exc.message))
         return _status_of(job_id)
     except JobTimeoutException:
         _discard(job, stored)
-        services.cover_job_fail(job_id=job.id, attempt=attempt, code="timeout", stage=reporter.stage,
-                                message=_describe(reporter.stage, f"the job took longer than the limit of "
-                                                                  f"{settings.COVER_JOB_TIMEOUT} s"))
+        _fail(job_id=job.id, attempt=attempt, code="timeout", stage=reporter.stage,
+              message=_describe(reporter.stage, f"the job took longer than the limit of "
+                                                f"{settings.COVER_JOB_TIMEOUT} s"))
         return _status_of(job_id)
     except Exception as exc:  # a bug: log the traceback, show the user a one-line cause
         log.exception("cover job %s failed", job_id)
         _discard(job, stored)
-        services.cover_job_fail(job_id=job.id, attempt=attempt, code="internal_error", stage=reporter.stage,
-                                message=_describe(reporter.stage, f"internal error ({exc.__class__.__name__}: "
-                                                                  f"{str(exc)[:200]})"))
+        _fail(job_id=job.id, attempt=attempt, code="internal_error", stage=reporter.stage,
+              message=_describe(reporter.stage, f"internal error ({exc.__class__.__name__}: "
+                                                f"{str(exc)[:200]})"))
         return _status_of(job_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -279,8 +360,14 @@ def _describe(stage: str | None, message: str) -> str:
     return message
 
 
+def _fail(**kwargs):
+    """services.cover_job_fail, retried while the database is unreachable."""
+    return _db_retry(lambda: services.cover_job_fail(**kwargs), "recording the failure")
+
+
 def _status_of(job_id) -> str:
-    return CoverJob.objects.filter(pk=job_id).values_list("status", flat=True).first() or "deleted"
+    return _db_retry(lambda: CoverJob.objects.filter(pk=job_id).values_list("status", flat=True).first(),
+                     "reading the job") or "deleted"
 
 
 def _discard(job: CoverJob, stored: list[tuple[str, str]]) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 SECTIONS = [
     ("test_faults", "Injected faults (real daphne + rqworker subprocesses, a redis-server of the test's own)"),
+    ("test_faults_more", "Injected faults: PostgreSQL restart, a WebSocket client that never reads (real daphne "
+                         "+ rqworker, a PostgreSQL cluster and a redis-server of the test's own)"),
     ("test_races", "Racing writers on one job (real threads, real database)"),
     ("test_hostile_inputs", "Hostile and bad input (exact status and error code)"),
     ("test_startup_and_secrets", "Startup refusal and secrets"),
@@ -75,14 +77,34 @@ the table above holds the numbers of the last run.
     or cookie (`test_an_api_key_never_leaks`).
 11. **The API matches its schema.** Schemathesis over every operation of `/api/schema/` with a key:
     no 5xx, every status code, content type and body as documented (`test_schema_fuzz.py`).
+12. **A database restart costs no job.** PostgreSQL (a private cluster) stopped with `-m fast`
+    during `infer` and started 2.5 s later: the web answers the next GET with 200 (pool with
+    health checks), the running job retries its reads and writes (covers.jobs `_db_retry`, backoff
+    up to 30 s) and `succeeded` with a result that downloads; the worker process keeps running
+    (`test_postgres_restarted_mid_job_...` in test_faults_more.py). Without the retry the job
+    failed `infer: the worker failed (OperationalError: the connection is closed)`.
+13. **A client that never reads hurts no one.** A WebSocket that stops reading after the handshake
+    while thousands of `job.update` events go to its key: daphne's RSS stays flat (the unread
+    frames sit in the kernel's send buffer, ~0.4 MB measured), daphne's ping timeout closes the
+    socket (`--ping-interval` + `--ping-timeout`), and another client of the same key receives every
+    event, in order, p99 well under 1 s (`test_a_websocket_client_that_never_reads_...`).
 
 ### Not yet proven by this suite
-- PostgreSQL restarted mid-job (fault 8): not injected yet (it needs a private cluster; the shared
-  server must not be restarted). Django reconnects per request/job (`CONN_HEALTH_CHECKS`), untested.
-- "Retried at most once, only for transient errors (CUDA OOM, lost worker)": no automatic retry of
-  a started job exists or is tested here (a job failed by a shutdown or a lost worker asks the
-  client to submit it again); only a row that never reached Redis is re-enqueued (attempt + 1).
-- A WebSocket client that never reads (fault 10): not measured yet.
+- Automatic retry: a transient error (`PipelineError(transient=True)`: GPU out of memory, an
+  unreachable GPT-SoVITS API server) re-queues a started job once as a new attempt, and a second
+  one fails it naming the stage; this is tested with the real worker class in-process
+  (tests/service/test_retry.py: a separator raising the GPU out-of-memory error once -> `succeeded`
+  with attempt 2, retries 1; always -> `failed` `separate: ... out of memory`, attempt 2, after
+  exactly two runs), not as an injected fault here. A lost worker is not retried: its job fails
+  `worker_lost` and the client is asked to submit it again.
+- A database outage longer than 30 s during a job (the job then fails `<stage>: the database was
+  unreachable ...`, `database_unavailable`), or one while daphne holds WebSocket connections, is
+  not injected.
+- A silent WebSocket client past the kernel's send buffer: daphne applies no write backpressure
+  (Twisted then buffers the frames in the process) until its ping timeout (20 s + 30 s by default)
+  closes the socket; progress events are throttled per job (`COVER_PROGRESS_MIN_INTERVAL`), which
+  bounds what one socket can collect meanwhile. A larger stream than ~0.4 MB to one silent socket
+  is not measured.
 - A decoder crash in the web process: uploads are probed in-process (header only, FFmpeg with
   protocol and format whitelists); probing in a sandboxed subprocess is not done.
 - Revoked keys' open sockets closing within 60 s and cancel timings (queued 1 s, running 5 s) are
