@@ -56,16 +56,31 @@ def check_size(field: str, upload, limits: UploadLimits) -> None:
         raise UnprocessableAudio(f"{field} is empty (0 bytes)", field=field, code="empty_audio")
 
 
+# What reads an upload's header (tests swap in a decoder that crashes; it must be importable by
+# name, since it runs in a child process).
+PROBE_TARGET = None  # None: inference.audio.probe
+
+
+def _probe(path: str, field: str):
+    """The header, read in a child process when COVER_PROBE_ISOLATED (default): a decoder crash or
+    hang on a hostile file ends the child (422), never the web process."""
+    from inference import audio
+
+    if not settings.COVER_PROBE_ISOLATED:
+        return (PROBE_TARGET or audio.probe)(path, field)
+    return audio.probe_isolated(path, field, timeout=settings.COVER_PROBE_TIMEOUT_SECONDS,
+                                memory_mb=settings.COVER_PROBE_MEMORY_MB, target=PROBE_TARGET)
+
+
 def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool = False) -> dict:
     """Probe ``upload`` (a Django UploadedFile) and apply the limits. Returns the probe facts."""
-    from inference.audio import probe
     from inference.errors import InputError
 
     check_size(field, upload, limits)
     path, tmp = _local_path(upload)
     try:
         try:
-            info = probe(path, field)
+            info = _probe(path, field)
         except InputError as exc:
             if exc.code in _UNPROCESSABLE:  # audio, but unusable (truncated, empty): 422
                 raise UnprocessableAudio(_msg(field, exc.message), field=field, code=exc.code) from None

@@ -95,6 +95,94 @@ def probe(path: Path | str, field: str = "song") -> AudioInfo:
     return AudioInfo(fmt, codec, rate, channels, duration)
 
 
+# --------------------------------------------------------------------------------------------
+# probing in a child process: a decoder that crashes or hangs on a hostile file takes the child
+# down, not the caller (the web process, which probes every upload)
+# --------------------------------------------------------------------------------------------
+_PROBE_CTX = None
+
+
+def _probe_context():
+    """A forkserver: one clean single-threaded process (FFmpeg/PyAV imported once) that forks a
+    child per probe; forking the multi-threaded web process itself would not be safe."""
+    global _PROBE_CTX
+    if _PROBE_CTX is None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["inference.audio"])
+        _PROBE_CTX = ctx
+    return _PROBE_CTX
+
+
+def _probe_child(conn, target, path: str, field: str, memory_mb: int) -> None:
+    import dataclasses
+    import resource
+
+    if memory_mb > 0:  # a header declaring absurd sizes cannot make the decoder take the machine
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        info = target(path, field)
+        conn.send(("ok", dataclasses.asdict(info)))
+    except InputError as exc:
+        conn.send(("input_error", exc.field, exc.message, exc.code))
+    except MemoryError:
+        conn.send(("input_error", field, f"{field} could not be read: decoding its header needs more than "
+                                         f"{memory_mb} MB", "corrupt_audio"))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        conn.send(("error", f"{exc.__class__.__name__}: {str(exc)[:200]}"))
+    finally:
+        conn.close()
+
+
+def probe_isolated(path: Path | str, field: str = "song", *, timeout: float = 10.0, memory_mb: int = 1024,
+                   target=None) -> AudioInfo:
+    """:func:`probe` in a child process with a time and memory limit. A child that dies (a
+    decoder crash: SIGSEGV, abort), runs out of time or fails unexpectedly is an
+    :class:`InputError` ``corrupt_audio`` naming ``field``; the caller keeps running.
+    ``target`` (default :func:`probe`) must be importable by name (it is sent to the child)."""
+    ctx = _probe_context()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe_child, args=(child, target or probe, str(path), field, int(memory_mb)),
+                       daemon=True)
+    proc.start()
+    child.close()
+    answer, timed_out = None, False
+    try:
+        if parent.poll(timeout):  # an answer, or the end of the pipe (the child died)
+            answer = parent.recv()
+        else:
+            timed_out = True
+    except EOFError:  # the child died before answering
+        pass
+    finally:
+        parent.close()
+    proc.join(timeout=1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if answer is None:
+        if not timed_out and proc.exitcode is not None and proc.exitcode < 0:
+            import signal as _signal
+
+            name = _signal.Signals(-proc.exitcode).name
+            log.warning("probing %s: the decoder died with %s", field, name)
+            raise InputError(field, f"{field} could not be read: the decoder crashed on it ({name})",
+                             code="corrupt_audio")
+        log.warning("probing %s: no answer within %.0f s", field, timeout)
+        raise InputError(field, f"{field} could not be read: reading its header took longer than "
+                                f"{timeout:g} s", code="corrupt_audio")
+    kind, *rest = answer
+    if kind == "ok":
+        return AudioInfo(**rest[0])
+    if kind == "input_error":
+        which, message, code = rest
+        raise InputError(which or field, message, code=code)
+    log.warning("probing %s failed in the child: %s", field, rest[0])
+    raise InputError(field, f"{field} could not be read ({rest[0][:120]})", code="corrupt_audio")
+
+
 def _header_seconds(container, stream) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)

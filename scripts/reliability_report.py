@@ -70,7 +70,11 @@ the table above holds the numbers of the last run.
    Django spools it, with no temporary file left; bad parameters and non-UTF-8 text 400 naming the
    field; 50 simultaneous creates by a key limited to 2 active jobs: exactly 2 accepted, 48 x 429
    (`test_fifty_concurrent_posts_...`). The decoder only opens the uploaded file (FFmpeg `protocol_whitelist=file` and a format
-   whitelist; strace shows the playlist's targets are never opened). Client file names are never
+   whitelist; strace shows the playlist's targets are never opened). The header is read in a child
+   process (a forkserver child with `COVER_PROBE_TIMEOUT_SECONDS`, 10 s, and an address-space limit
+   `COVER_PROBE_MEMORY_MB`, 1024 MB): a decoder that segfaults, aborts, hangs or allocates 8 GB on
+   an upload gives 422 `corrupt_audio` and the web process serves the next request
+   (`test_a_decoder_crash_fails_only_the_probe_process`). Client file names are never
    used: files are stored as `song.<ext>` / `reference_voice.<ext>` under the job's UUID.
 10. **Secrets.** API keys are stored hashed (shown once by `create_api_key`); the secret part appears
     in no log line, RQ job argument (the arguments are `(job_id, attempt)`), Redis value, admin page
@@ -105,8 +109,10 @@ the table above holds the numbers of the last run.
   closes the socket; progress events are throttled per job (`COVER_PROGRESS_MIN_INTERVAL`), which
   bounds what one socket can collect meanwhile. A larger stream than ~0.4 MB to one silent socket
   is not measured.
-- A decoder crash in the web process: uploads are probed in-process (header only, FFmpeg with
-  protocol and format whitelists); probing in a sandboxed subprocess is not done.
+- A decoder crash in a worker: the web process probes uploads in a child process (guarantee 9),
+  but the worker decodes the whole file in its own process; a crash there ends the worker and the
+  job is failed as for a killed worker (guarantee 3). Public CVE proof-of-concept files are not in
+  the table; the crash, abort, hang and allocation rows stand in for what such a file does.
 - Revoked keys' open sockets closing within 60 s and cancel timings (queued 1 s, running 5 s) are
   tested in tests/web and tests/service/test_e2e.py, not in this table.
 """

@@ -198,6 +198,11 @@ COVER_SEPARATE_CMD_TEMPLATE = env("COVER_SEPARATE_CMD_TEMPLATE", default="")
 COVER_INFER_CMD_TEMPLATE = env("COVER_INFER_CMD_TEMPLATE", default="")
 
 COVER_MAX_UPLOAD_MB = env.float("COVER_MAX_UPLOAD_MB", default=50)  # per file
+# Upload headers are read in a child process (a decoder crash or hang ends the child: 422), with
+# a time and an address-space limit.
+COVER_PROBE_ISOLATED = env.bool("COVER_PROBE_ISOLATED", default=True)
+COVER_PROBE_TIMEOUT_SECONDS = env.float("COVER_PROBE_TIMEOUT_SECONDS", default=10.0)
+COVER_PROBE_MEMORY_MB = env.int("COVER_PROBE_MEMORY_MB", default=1024)
 COVER_MAX_SONG_SECONDS = env.float("COVER_MAX_SONG_SECONDS", default=600)
 COVER_MIN_SONG_SECONDS = env.float("COVER_MIN_SONG_SECONDS", default=1)
 COVER_MIN_REFERENCE_SECONDS = env.float("COVER_MIN_REFERENCE_SECONDS", default=3)

@@ -407,3 +407,37 @@ def test_non_staff_users_get_no_dashboard_or_admin(client, path, outcome):
     outcome(f"non-staff user opens {path}", expected="redirect to the login, no content",
             measured=f"{resp.status_code} -> {resp.get('Location', '')[:40]}")
     assert resp.status_code == 302 and "login" in resp["Location"], resp.status_code
+
+
+DECODER_FAULTS = [
+    ("a decoder that crashes (SIGSEGV) on the upload", "segfault", "the decoder crashed on it (SIGSEGV)"),
+    ("a decoder that aborts (SIGABRT) on the upload", "abort", "the decoder crashed on it (SIGABRT)"),
+    ("a decoder that hangs in native code (limit 2 s)", "hang", "took longer than 2 s"),
+    ("a decoder that allocates 8 GB (limit 1024 MB)", "allocate", "needs more than 1024 MB"),
+]
+
+
+@pytest.mark.parametrize("row,crasher,fragment", DECODER_FAULTS, ids=[d[1] for d in DECODER_FAULTS])
+def test_a_decoder_crash_fails_only_the_probe_process(client, api_key, song, ref, upload_tmp, _media, settings,
+                                                      monkeypatch, outcome, row, crasher, fragment):
+    """Uploads are probed in a child process: whatever the decoder does there (crash, hang, eat
+    memory), the request is a 422 naming the field and this process - the web process - goes on."""
+    import time
+
+    from covers import uploads
+    from tests.hardening import crashers
+
+    settings.COVER_PROBE_TIMEOUT_SECONDS = 2
+    settings.COVER_PROBE_MEMORY_MB = 1024
+    monkeypatch.setattr(uploads, "PROBE_TARGET", getattr(crashers, crasher))
+    t0 = time.monotonic()
+    resp = post(client, api_key[1], song, ref)
+    took = time.monotonic() - t0
+    err = error_of(resp)
+    outcome(row, expected="422 corrupt_audio; the web process keeps serving",
+            measured=f"{resp.status_code} {err['code']}: {err['message']} after {took:.1f} s")
+    assert resp.status_code == 422 and (err["code"], err["field"]) == ("corrupt_audio", "song"), err
+    assert err["message"].startswith("song") and fragment in err["message"], err
+    assert CoverJob.objects.count() == 0 and list(upload_tmp.iterdir()) == []
+    monkeypatch.setattr(uploads, "PROBE_TARGET", None)  # the same process serves the next upload
+    assert post(client, api_key[1], song, ref).status_code == 201
