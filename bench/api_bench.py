@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,30 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(ms: list[float]) -> dict:
-    return {"n": len(ms), "p50": round(pct(ms, .5), 2), "p95": round(pct(ms, .95), 2),
-            "p99": round(pct(ms, .99), 2), "max": round(max(ms), 2) if ms else None,
-            "mean": round(statistics.fmean(ms), 2) if ms else None}
-
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from bench.stats import summary  # noqa: E402
+from tests.processes import free_port  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

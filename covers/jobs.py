@@ -298,6 +298,7 @@ def _run(job_id: str, attempt: int) -> str:
         timings = dict(report.get("timings") or reporter.timings)
         quality = dict(getattr(result, "quality", None) or report.get("quality") or {})
         fields.update(quality=quality, quality_warning=bool(quality.get("quality_warning")))
+
         def succeeded_meanwhile():  # the UPDATE committed, but its connection died before the answer
             return CoverJob.objects.filter(pk=job.id, attempt=attempt, status=S.SUCCEEDED,
                                            result=fields["result"]).first()
@@ -326,9 +327,9 @@ def _run(job_id: str, attempt: int) -> str:
         return _status_of(job_id)
     except PipelineError as exc:
         _discard(job, stored)
-        stage = exc.stage or reporter.stage
+        stage, code, message = exc.stage or reporter.stage, exc.code, exc.message
         if exc.transient and _db_retry(lambda: services.cover_job_retry_transient(
-                job_id=job.id, attempt=attempt, code=exc.code, message=exc.message, stage=stage),
+                job_id=job.id, attempt=attempt, code=code, message=message, stage=stage),
                 "re-queueing the job"):
             log.warning("job %s attempt %s: transient error in %s (%s); re-queued once",
                         job_id, attempt, stage, exc.code)

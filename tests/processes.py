@@ -118,11 +118,18 @@ def e2e_env(tmp: Path, **extra: str) -> dict:
     if not is_test_database():
         raise RuntimeError(f"refusing to start servers on {connection.settings_dict['NAME']!r}, not the test "
                            f"database (use the e2e_database fixture)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVER_", "DJANGO_", "GPT_SOVITS"))}
+    return server_env(tmp, database_url(connection.settings_dict), settings.REDIS_URL, **extra)
+
+
+def server_env(tmp: Path, database_url: str, redis_url: str, **extra: str) -> dict:
+    """Environment for server subprocesses on ``database_url`` and the Redis at ``redis_url``:
+    test settings, media and work folders under ``tmp``, short worker heartbeat/reconcile
+    intervals; nothing of this process's COVER_/DJANGO_/GPT_SOVITS/DATABASE_ settings leaks in."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("COVER_", "DJANGO_", "GPT_SOVITS", "DATABASE_"))}
     env.update({
-        "DJANGO_SETTINGS_MODULE": "coverproject.settings.test",
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "TEST_REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SETTINGS_MODULE": "coverproject.settings.test", "DATABASE_URL": database_url,
+        "TEST_REDIS_URL": redis_url,
         "COVER_MEDIA_ROOT": str(tmp / "media"), "COVER_WORK_ROOT": str(tmp / "work"),
         "COVER_WORKER_HEARTBEAT_SECONDS": "1", "COVER_RECONCILE_INTERVAL_SECONDS": "2",
         "COVER_WORKER_DEAD_AFTER_SECONDS": "6", "COVER_CANCEL_POLL_SECONDS": "0.2",

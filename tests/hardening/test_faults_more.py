@@ -21,7 +21,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import requests
 
 from tests import signals
 from tests.hardening.test_faults import SITECUSTOMIZE, RedisServer
-from tests.processes import ROOT, Stack, e2e_env, free_port
+from tests.processes import ROOT, Stack, e2e_env, free_port, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -76,21 +75,6 @@ def wait_worker(stack, redis_server, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("the worker did not register\n" + stack.logs())
-
-
-def server_env(tmp: Path, database_url: str, redis_url: str, **extra) -> dict:
-    """What tests.processes.e2e_env builds, for a database that is not this run's test database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVER_", "DJANGO_", "GPT_SOVITS", "DATABASE_"))}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "coverproject.settings.test", "DATABASE_URL": database_url,
-        "TEST_REDIS_URL": redis_url,
-        "COVER_MEDIA_ROOT": str(tmp / "media"), "COVER_WORK_ROOT": str(tmp / "work"),
-        "COVER_WORKER_HEARTBEAT_SECONDS": "1", "COVER_RECONCILE_INTERVAL_SECONDS": "2",
-        "COVER_WORKER_DEAD_AFTER_SECONDS": "6", "COVER_CANCEL_POLL_SECONDS": "0.2",
-        "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO",
-    })
-    env.update(extra)
-    return env
 
 
 # --------------------------------------------------------------------------------------------
