@@ -43,6 +43,10 @@ class CoverJobOutputSerializer(serializers.Serializer):
     progress = serializers.IntegerField(min_value=0, max_value=100)
     error_code = serializers.CharField(allow_blank=True)
     error_message = serializers.CharField(allow_blank=True)
+    attempt = serializers.IntegerField(help_text="Which run of the job this is: 1, or 2 after an automatic retry.")
+    retries = serializers.IntegerField(help_text=(
+        "Automatic retries used (at most 1: after a transient error such as GPU out of memory, or a "
+        "worker shutdown that interrupted the job)."))
     parameters = serializers.JSONField()
     inputs = serializers.JSONField(source="input_info")
     timings = serializers.JSONField()

@@ -389,7 +389,10 @@ def on_rq_failure(rq_job, connection, exc_type, exc_value, tb) -> None:
             message = f"{stage}: the worker running this job stopped (killed or out of memory); please submit it again"
             code = "worker_lost"
         elif exc_type is not None and issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
-            # a cold shutdown (a second SIGTERM / Ctrl-C) interrupted the job
+            # a cold shutdown (a second SIGTERM / Ctrl-C) interrupted the job: once back to the queue
+            if services.cover_job_retry_transient(job_id=job_id, attempt=int(attempt), code="worker_stopped",
+                                                  stage=stage, message="worker shutdown: the job was interrupted"):
+                return
             message = f"{stage}: worker shutdown: the job was interrupted; please submit it again"
             code = "worker_stopped"
         else:

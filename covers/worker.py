@@ -90,11 +90,20 @@ class CoverWorker(SimpleWorker):
             self._current_job = None
 
     def _fail_current(self, job, reason: str) -> None:
+        """A cold shutdown interrupted the job: nothing about the job caused it, so it goes back to
+        the queue once as a new attempt (services.cover_job_retry_transient); interrupted again,
+        it fails ``"<stage>: worker shutdown"``."""
         try:
             from . import services
             from .models import CoverJob
             job_id, attempt = (list(job.args) + [1])[:2]
             stage = CoverJob.objects.filter(pk=job_id).values_list("stage", flat=True).first() or "preprocess"
+            if services.cover_job_retry_transient(job_id=job_id, attempt=int(attempt), code="worker_stopped",
+                                                  stage=stage, message=f"worker shutdown: the job was "
+                                                                       f"interrupted ({reason})"):
+                log.warning("job %s attempt %s interrupted by a worker shutdown in %s; re-queued once",
+                            job_id, attempt, stage)
+                return
             services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="worker_stopped", stage=stage,
                                     message=f"{stage}: worker shutdown: the job was interrupted ({reason}); "
                                             f"please submit it again")

@@ -49,8 +49,9 @@ the table above holds the numbers of the last run.
    `sleep` through ctypes). The whole job is also bounded by `COVER_JOB_TIMEOUT`.
 5. **Warm shutdown.** SIGTERM to a worker during a job lets the job finish (`succeeded`) and the
    worker exit 0 (`test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it`). A second SIGTERM
-   (cold shutdown) fails the job at once: `"<stage>: worker shutdown: the job was interrupted ..."`
-   (`worker_stopped`) (`test_a_second_sigterm_is_a_cold_shutdown_...`).
+   (cold shutdown) interrupts the job: nothing in the job caused it, so it goes back to the queue
+   once as attempt 2 (`retries` 1); interrupted again, it fails `"<stage>: worker shutdown: the job
+   was interrupted ..."` (`worker_stopped`) (`test_a_second_sigterm_is_a_cold_shutdown_retried_once_...`).
 6. **Disk full fails cleanly.** No space left during a stage: `failed`, `"<stage>: no space left on
    the device"` (`no_space`), the job's scratch folder removed, no result stored, and the next job
    succeeds (`test_disk_full_during_mix_...`, a 48 MB tmpfs mounted over the work folder).
@@ -99,8 +100,10 @@ the table above holds the numbers of the last run.
   one fails it naming the stage; this is tested with the real worker class in-process
   (tests/service/test_retry.py: a separator raising the GPU out-of-memory error once -> `succeeded`
   with attempt 2, retries 1; always -> `failed` `separate: ... out of memory`, attempt 2, after
-  exactly two runs), not as an injected fault here. A lost worker is not retried: its job fails
-  `worker_lost` and the client is asked to submit it again.
+  exactly two runs), not as an injected fault here. A worker that dies (SIGKILL, out of memory) is
+  not retried: the crash may be the job's own doing (a poison input would kill worker after
+  worker), so its job fails `worker_lost` and the client is asked to submit it again; a cold
+  shutdown (guarantee 5) is retried once.
 - A database outage longer than 30 s during a job (the job then fails `<stage>: the database was
   unreachable ...`, `database_unavailable`), or one while daphne holds WebSocket connections, is
   not injected.

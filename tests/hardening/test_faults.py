@@ -364,21 +364,35 @@ def test_sigterm_during_a_job_is_a_warm_shutdown_that_finishes_it(stack, files, 
     worker_ready(stack)
 
 
-def test_a_second_sigterm_is_a_cold_shutdown_that_fails_the_job_naming_the_stage(stack, files, outcome):
-    worker_ready(stack)
-    body = create(stack, files, converter="test-hang")
-    wait_for(stack, body["job_id"], lambda b: b["stage"] == "infer", 60)
-    os.kill(stack.worker.pid, signal.SIGTERM)
-    time.sleep(1.5)  # rq ignores a repeated signal within 1 s
-    t0 = time.monotonic()
-    os.kill(stack.worker.pid, signal.SIGTERM)
-    code = stack.worker.wait(timeout=60)
-    final = wait_for(stack, body["job_id"], lambda b: b["status"] in TERMINAL, 30)
-    outcome("two SIGTERMs to the worker during infer", expected='failed "worker shutdown", stage named',
-            measured=f"{final['status']} {time.monotonic() - t0:.1f} s after the second: {final['error_message']}; "
-                     f"worker exit {code}; retried: no")
+def test_a_second_sigterm_is_a_cold_shutdown_retried_once_then_failed_naming_the_stage(stack, files, outcome):
+    """Two SIGTERMs interrupt the job (the converter hangs, so every attempt is interrupted): the
+    first time it goes back to the queue as attempt 2; the next worker's cold shutdown fails it."""
+    job_id = create(stack, files, converter="test-hang")["job_id"]
+
+    def cold_shutdown(attempt: int):
+        worker_ready(stack)
+        wait_for(stack, job_id, lambda b: b["stage"] == "infer" and b["attempt"] == attempt, 60)
+        os.kill(stack.worker.pid, signal.SIGTERM)
+        time.sleep(1.5)  # rq ignores a repeated signal within 1 s
+        t0 = time.monotonic()
+        os.kill(stack.worker.pid, signal.SIGTERM)
+        code = stack.worker.wait(timeout=60)
+        return t0, code
+
+    t0, code = cold_shutdown(1)
+    requeued = wait_for(stack, job_id, lambda b: b["attempt"] == 2, 30)
+    t_requeue = time.monotonic() - t0
+    assert requeued["status"] in ("queued", "running"), requeued
+    assert requeued["retries"] == 1 and "worker shutdown" in requeued["error_message"], requeued
+    t0, code2 = cold_shutdown(2)
+    final = wait_for(stack, job_id, lambda b: b["status"] in TERMINAL, 30)
+    outcome("two SIGTERMs to the worker during infer, twice", expected='retried once; then failed "worker '
+            'shutdown", stage named', measured=f"attempt 1: re-queued as attempt 2 {t_requeue:.1f} s after the "
+            f"second SIGTERM (worker exit {code}); attempt 2: {final['status']} {time.monotonic() - t0:.1f} s "
+            f"after it: {final['error_message']}; retries {final['retries']}")
     assert final["status"] == "failed" and final["error_code"] == "worker_stopped", final
     assert final["error_message"].startswith("infer: worker shutdown"), final
+    assert final["attempt"] == 2 and final["retries"] == 1, final
     worker_ready(stack)
 
 
