@@ -18,6 +18,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,13 +83,41 @@ def one_run(song: Path, ref: Path, workdir: Path, engines: str = "default") -> d
     if engines == "identity":
         _identity_engines()
         cfg = PipelineConfig(separator="bench-identity", converter="bench-identity", quality_report=False)
+    where = {"stage": "start"}
+    peaks: dict[str, float] = {}
+    done = threading.Event()
+
+    def on_event(ev) -> None:  # which stage (and, within it, which step) the RSS samples belong to
+        step = (ev.message or "").split(":")[0].split("(")[0].strip()[:40]
+        where["stage"] = f"{ev.stage}: {step}" if step else ev.stage
+
+    def sample() -> None:  # resident set size every 50 ms, the peak per stage/step
+        while not done.wait(0.05):
+            rss = _rss_mib()
+            key = where["stage"]
+            peaks[key] = max(peaks.get(key, 0.0), rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
-    res = Pipeline(cfg).run(song, ref, workdir)
+    try:
+        res = Pipeline(cfg, on_event=on_event).run(song, ref, workdir)
+    finally:
+        done.set()
+        sampler.join()
     total = time.perf_counter() - t0
     rep = res.report
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)
-    return {"timings": rep["timings"], "total": total, "duration": rep["input"]["duration"]}
+    return {"timings": rep["timings"], "total": total, "duration": rep["input"]["duration"],
+            "peak_rss_mib_by_step": {k: round(v) for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])[:8]}}
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def child(song: str, ref: str, workdir: str, engines: str = "default") -> int:

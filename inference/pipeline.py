@@ -132,8 +132,10 @@ class Pipeline:
             state["sep"] = stage("separate", lambda ctx: separate.run(
                 state["pre"], cfg, ctx, vocals_path=vocals_path, instrumental_path=instrumental_path,
                 cache=self.stem_cache))
-            # later stages read the song back from song.wav when they need it (10-minute songs)
+            # later stages read the song back from song.wav when they need it (10-minute songs), and
+            # mix reads the instrumental back from instrumental.wav: infer needs neither in memory
             state["pre"].song = None
+            state["sep"].instrumental = None
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
             # mix reads the stems back from the work folder (the instrumental becomes the master)
             state["sep"].vocals = state["sep"].instrumental = None

@@ -38,7 +38,11 @@ def params_from(cfg: PipelineConfig) -> ConversionParams:
 
 
 def run(pre: Preprocessed, sep: Separated, cfg: PipelineConfig, ctx: StageContext) -> Converted:
+    """Convert the separated vocal. Takes the (multi-channel) vocal stem out of ``sep``: only its
+    mono mix is needed here, and later stages read the stem back from ``sep.vocals_path``."""
     vocal = audio.to_mono(sep.vocals)
+    if vocal is not sep.vocals:
+        sep.vocals = None   # a 10-minute stereo stem is ~200 MB at 44.1 kHz
     n = len(vocal)
     if not sep.has_vocals or not np.any(vocal):
         if sep.has_vocals:   # (otherwise the separate stage has already said so)
