@@ -110,7 +110,7 @@ def _probe_context():
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["inference.audio"])
+        ctx.set_forkserver_preload(["inference.audio", "av"])  # av: PyAV + FFmpeg (~50 ms to import)
         _PROBE_CTX = ctx
     return _PROBE_CTX
 
