@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import summary  # noqa: E402
+from bench.stats import summary, wait_until_serving  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 
@@ -257,18 +257,7 @@ def main() -> None:
                       "coverproject.asgi:application"]
         daphne = subprocess.Popen(server, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
-        import requests
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(base + "/healthz", timeout=2).status_code < 500:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or daphne.poll() is not None:
-                raise SystemExit("daphne did not start:\n" + (tmp / "daphne.log").read_text()[-3000:])
-            time.sleep(0.2)
+        wait_until_serving(base + "/healthz", daphne, tmp / "daphne.log")
 
         cpu0 = cpu_seconds(daphne.pid)
         results["create"] = bench_create(base, key, song, ref, args.creates, args.warmup)

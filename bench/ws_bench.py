@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import summary  # noqa: E402
+from bench.stats import summary, wait_until_serving  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 STAGES = ["preprocess", "separate", "infer", "mix", "finalize"]
 
@@ -210,18 +210,7 @@ def main() -> None:
                                "coverproject.asgi:application"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        import requests
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(base + "/api/schema/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or daphne.poll() is not None:
-                raise SystemExit("daphne did not start:\n" + (tmp / "daphne.log").read_text()[-3000:])
-            time.sleep(0.2)
+        wait_until_serving(base + "/api/schema/", daphne, tmp / "daphne.log", timeout=60)
         results = asyncio.run(bench(args, env, base, jobs, raw, token, tmp))
     finally:
         os.killpg(daphne.pid, signal.SIGTERM)
