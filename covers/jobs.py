@@ -150,6 +150,16 @@ def _db_retry(fn, what: str, *, verify=None):
         return out
 
 
+def _db_retry_in(stage: str, fn, what: str, *, verify=None):
+    """:func:`_db_retry` inside a running stage: a database that stays away fails the job in
+    ``stage`` (``database_unavailable``) through the pipeline's own error path."""
+    try:
+        return _db_retry(fn, what, verify=verify)
+    except DatabaseUnavailable as exc:
+        from inference.errors import PipelineError
+        raise PipelineError(stage, str(exc), code="database_unavailable") from None
+
+
 class _Reporter:
     """Pipeline events -> throttled DB writes (+ notifications); cooperative cancel checks."""
 
@@ -169,13 +179,8 @@ class _Reporter:
             kwargs = {"timings": dict(self.timings)}
         else:
             kwargs = {"force": ev.type == "stage_started"}
-        try:
-            ok = _db_retry(lambda: services.cover_job_progress(job=self.job, stage=ev.stage,
-                                                               progress=ev.overall * 100, **kwargs),
-                           f"recording progress in {ev.stage}")
-        except DatabaseUnavailable as exc:
-            from inference.errors import PipelineError
-            raise PipelineError(ev.stage, str(exc), code="database_unavailable") from None
+        ok = _db_retry_in(ev.stage, lambda: services.cover_job_progress(
+            job=self.job, stage=ev.stage, progress=ev.overall * 100, **kwargs), f"recording progress in {ev.stage}")
         if not ok:
             self.stopped = True
 
@@ -192,12 +197,9 @@ class _Reporter:
                 return True
         except Exception:
             pass  # Redis hiccup: the DB below is the truth anyway
-        try:
-            status = _db_retry(lambda: CoverJob.objects.filter(pk=self.job.id, attempt=self.job.attempt).values_list(
-                "status", flat=True).first(), f"checking for a cancel in {self.stage}")
-        except DatabaseUnavailable as exc:
-            from inference.errors import PipelineError
-            raise PipelineError(self.stage, str(exc), code="database_unavailable") from None
+        status = _db_retry_in(self.stage, lambda: CoverJob.objects.filter(
+            pk=self.job.id, attempt=self.job.attempt).values_list("status", flat=True).first(),
+            f"checking for a cancel in {self.stage}")
         if status != S.RUNNING:
             self.stopped = True
         return self.stopped
@@ -303,13 +305,9 @@ def _run(job_id: str, attempt: int) -> str:
             return CoverJob.objects.filter(pk=job.id, attempt=attempt, status=S.SUCCEEDED,
                                            result=fields["result"]).first()
 
-        try:
-            done = _db_retry(lambda: services.cover_job_transition(
-                job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report, timings=timings,
-                stage=CoverJob.Stage.FINALIZE, **fields), "recording the result", verify=succeeded_meanwhile)
-        except DatabaseUnavailable as exc:
-            from inference.errors import PipelineError
-            raise PipelineError(CoverJob.Stage.FINALIZE, str(exc), code="database_unavailable") from None
+        done = _db_retry_in(CoverJob.Stage.FINALIZE, lambda: services.cover_job_transition(
+            job_id=job.id, to=S.SUCCEEDED, attempt=attempt, report=report, timings=timings,
+            stage=CoverJob.Stage.FINALIZE, **fields), "recording the result", verify=succeeded_meanwhile)
         if done is None:  # canceled/failed/deleted meanwhile: no result for it
             _discard(job, stored)
             return _status_of(job_id)
