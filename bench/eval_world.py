@@ -6,7 +6,11 @@ case's reference clip, writes ``OUT/<case>/converted_vocal.wav`` and ``cover.wav
 vocal + true instrumental), scores them with the kit's ``score.py`` and prints a table:
 
     .venv/bin/python bench/eval_world.py [--cases a,b] [--out /tmp/world_eval] [--vocals DIR]
-        [--options '{"knn_weight": 0.75}'] [--no-score]
+        [--options '{"knn_weight": 0.75}'] [--no-score] [--residue-fraction A]
+
+``--residue-fraction A`` (with ``--vocals``) converts ``true + A * (separated - true)``: the true
+stem with a fraction of the separation's error put back, to see how the converter's melody and
+timbre degrade with the separator's leakage (A = 0: the true stem, A = 1: the separated stem).
 """
 from __future__ import annotations
 
@@ -39,7 +43,11 @@ def main() -> None:
     ap.add_argument("--options", default="{}", help="JSON constructor options for WorldConverter")
     ap.add_argument("--auto-pitch", action="store_true")
     ap.add_argument("--no-score", action="store_true")
+    ap.add_argument("--residue-fraction", type=float, default=None,
+                    help="with --vocals: convert true + A * (separated - true)")
     a = ap.parse_args()
+    if a.residue_fraction is not None and not a.vocals:
+        ap.error("--residue-fraction needs --vocals")
 
     man = json.loads(MANIFEST.read_text())
     base = MANIFEST.parent
@@ -59,6 +67,11 @@ def main() -> None:
             print(f"skip {c['id']}: no {vpath}", file=sys.stderr)
             continue
         v, sr = read_wav(vpath)
+        if a.residue_fraction is not None:
+            tv, tsr = read_wav(base / t["vocal"])
+            sep, true = to_mono(v), to_mono(resample(tv, tsr, sr))
+            m = min(len(sep), len(true))
+            v = (true[:m] + np.float32(a.residue_fraction) * (sep[:m] - true[:m]))[None, :]
         r, rsr = read_wav(base / c["input"]["reference"])
         ctx = StageContext("infer", a.out / c["id"])
         ctx.workdir.mkdir(parents=True, exist_ok=True)
