@@ -58,8 +58,8 @@ def test_serve_runs_n_daphne_processes_on_one_socket_restarts_a_dead_one_and_sto
         def healthy():
             assert proc.poll() is None, logs()
             try:
-                return requests.get(base + "/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(base + "/healthz", timeout=10).status_code == 200
+            except (requests.ConnectionError, requests.Timeout):   # not up yet, or busy starting
                 return False
 
         wait_for(healthy, 60, "the first answer")
