@@ -155,3 +155,20 @@ def test_reference_analysis_is_cached_between_jobs(ref, vocal, tmp_path):
     ctx = _ctx(tmp_path)
     eng.convert(x, SR, other, SR, ConversionParams(), ctx)
     assert ctx.info["reference_cached"] is False and eng.reference_analyses == n + 1
+
+
+def test_warp_ignores_a_tilt_over_the_whole_vocal(engine, ref, vocal, tmp_path):
+    """Leaked accompaniment tilts a separated vocal's average envelope; the vocal-tract-length
+    warp is searched on mean-normalised mel-cepstra, so a tilt over the whole vocal (a one-pole
+    low-pass here, about +10 dB at low frequencies against high) leaves it where it was."""
+    from scipy.signal import lfilter
+
+    x, _ = vocal
+    tilted = lfilter([1.0], [1.0, -0.7], x).astype(np.float32)
+    tilted *= np.sqrt(np.mean(x ** 2) / np.mean(tilted ** 2))
+    warps = []
+    for sig in (x, tilted):
+        ctx = _ctx(tmp_path)
+        engine.convert(sig, SR, ref, SR, ConversionParams(pitch_shift=0), ctx)
+        warps.append(ctx.info["warp_factor"])
+    assert warps[0] == warps[1], warps
