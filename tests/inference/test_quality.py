@@ -49,6 +49,26 @@ def test_correctly_shifted_vocal_scores_high(melody, input_vocal, reference):
                                                          "quality_warning", "notes"}
 
 
+def test_a_long_vocal_is_measured_on_windows_spread_over_it(melody, input_vocal, reference, monkeypatch):
+    """Past SAMPLE_SECONDS the report samples the vocal; the figures still say what they say on
+    the whole: a correct conversion scores high, one that goes wrong in the second half low."""
+    monkeypatch.setattr(quality, "SAMPLE_SECONDS", 4.0)
+    monkeypatch.setattr(quality, "SAMPLE_WINDOW_S", 1.0)
+    reps = 4   # 16 s of vocal: four 4-s melodies, sampled down to 4 s
+    long_in = np.tile(input_vocal, reps)
+    good = np.tile(sung(melody, 3), reps)
+    half_wrong = good.copy()
+    half_wrong[len(good) // 2:] = np.tile(sung(melody, 3 + 5), reps)[len(good) // 2:]
+    rep = quality.assess(good, long_in, SR, reference, SR, 3, device="cpu")
+    assert rep.sampled_seconds == 4.0 and rep.voiced_seconds <= 4.0 + 0.1
+    assert rep.pitch_accuracy >= 0.9
+    rep2 = quality.assess(half_wrong, long_in, SR, reference, SR, 3, device="cpu", similarity=False)
+    assert rep2.sampled_seconds == 4.0 and 0.3 < rep2.pitch_accuracy < 0.7
+    # short vocals are measured whole
+    assert quality.assess(sung(melody, 3), input_vocal, SR, reference, SR, 3, device="cpu",
+                          similarity=False).sampled_seconds is None
+
+
 def test_wrong_pitch_is_flagged(melody, input_vocal, reference):
     # 70 cents sharp of the asked-for shift
     rep = quality.assess(sung(melody, 3.7), input_vocal, SR, reference, SR, 3, device="cpu", similarity=False)
