@@ -221,18 +221,23 @@ def get(stack, job_id) -> dict:
                         timeout=30).json()
 
 
-def wait_for(stack, job_id, predicate, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    body = None
+def wait_for(stack, job_id, predicate, timeout: float, *, key: str | None = None, logs=None) -> dict:
+    """The job's status body once ``predicate(body)`` holds. A failed request or an answer other
+    than 200 (a server restarting, a database away) is tried again; ``key`` (default the
+    stack's), ``logs()`` is added to the timeout message."""
+    url, headers = f"{stack.base}/api/v1/cover/jobs/{job_id}", {"X-API-Key": key or stack.raw}
+    deadline, body = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
-            body = get(stack, job_id)
-            if predicate(body):
-                return body
-        except (requests.ConnectionError, ValueError):
+            r = requests.get(url, headers=headers, timeout=10)
+            if r.status_code == 200:
+                body = r.json()
+                if predicate(body):
+                    return body
+        except (requests.RequestException, ValueError):
             pass
         time.sleep(0.1)
-    raise AssertionError(f"timed out; last state: {body}")
+    raise AssertionError(f"timed out; last state: {body}" + (f"\n{logs()}" if logs else ""))
 
 
 def media_files(stack) -> list[str]:

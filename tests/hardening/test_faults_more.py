@@ -33,7 +33,7 @@ import pytest
 import requests
 
 from tests import signals
-from tests.hardening.test_faults import SITECUSTOMIZE, RedisServer
+from tests.hardening.test_faults import SITECUSTOMIZE, RedisServer, wait_for
 from tests.processes import ROOT, Stack, e2e_env, free_port, server_env
 
 pytestmark = pytest.mark.e2e
@@ -174,21 +174,12 @@ def test_postgres_restarted_mid_job_the_worker_reconnects_and_the_job_ends_corre
                                         "reference_voice": ("ref.wav", r, "audio/wav")},
                                  data={"converter": "test-slow"})
         assert resp.status_code == 201, resp.text
-        job_url = f"{stack.base}/api/v1/cover/jobs/{resp.json()['job_id']}"
+        job_id = resp.json()["job_id"]
+        job_url = f"{stack.base}/api/v1/cover/jobs/{job_id}"
+        logs = lambda: f"{stack.logs()}\n{pg.log()}"  # noqa: E731
 
         def poll(predicate, timeout):
-            deadline, body = time.monotonic() + timeout, None
-            while time.monotonic() < deadline:
-                try:
-                    r = requests.get(job_url, headers=headers, timeout=10)
-                    if r.status_code == 200:
-                        body = r.json()
-                        if predicate(body):
-                            return body
-                except (requests.RequestException, ValueError):
-                    pass
-                time.sleep(0.1)
-            raise AssertionError(f"timed out; last state: {body}\n{stack.logs()}\n{pg.log()}")
+            return wait_for(stack, job_id, predicate, timeout, key=raw, logs=logs)
 
         at_restart = poll(lambda b: b["stage"] == "infer" or b["status"] in TERMINAL, 60)
         assert at_restart["status"] == "running", at_restart  # the restart lands mid-job
