@@ -377,6 +377,21 @@ def _discard(job: CoverJob, stored: list[tuple[str, str]]) -> None:
             log.warning("could not delete %s of job %s: %s", name, job.id, exc)
 
 
+def interrupted_by_shutdown(*, job_id, attempt: int, stage: str, reason: str = "") -> None:
+    """A cold shutdown (a second SIGTERM / Ctrl-C) interrupted the job: nothing about the job
+    caused it, so it goes back to the queue once as a new attempt
+    (services.cover_job_retry_transient); interrupted again, it fails ``"<stage>: worker shutdown"``.
+    Called by the worker itself and, when the worker could not, by :func:`on_rq_failure`."""
+    what = f"the job was interrupted ({reason})" if reason else "the job was interrupted"
+    if services.cover_job_retry_transient(job_id=job_id, attempt=attempt, code="worker_stopped", stage=stage,
+                                          message=f"worker shutdown: {what}"):
+        log.warning("job %s attempt %s interrupted by a worker shutdown in %s; re-queued once",
+                    job_id, attempt, stage)
+        return
+    services.cover_job_fail(job_id=job_id, attempt=attempt, code="worker_stopped", stage=stage,
+                            message=f"{stage}: worker shutdown: {what}; please submit it again")
+
+
 def on_rq_failure(rq_job, connection, exc_type, exc_value, tb) -> None:
     """RQ failure callback: the job function itself catches everything, so this runs for an
     abandoned job (its worker died) or a crash outside the pipeline. Fails the row."""
@@ -387,12 +402,8 @@ def on_rq_failure(rq_job, connection, exc_type, exc_value, tb) -> None:
             message = f"{stage}: the worker running this job stopped (killed or out of memory); please submit it again"
             code = "worker_lost"
         elif exc_type is not None and issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
-            # a cold shutdown (a second SIGTERM / Ctrl-C) interrupted the job: once back to the queue
-            if services.cover_job_retry_transient(job_id=job_id, attempt=int(attempt), code="worker_stopped",
-                                                  stage=stage, message="worker shutdown: the job was interrupted"):
-                return
-            message = f"{stage}: worker shutdown: the job was interrupted; please submit it again"
-            code = "worker_stopped"
+            interrupted_by_shutdown(job_id=job_id, attempt=int(attempt), stage=stage)  # a cold shutdown
+            return
         else:
             message = f"{stage}: the worker failed ({getattr(exc_type, '__name__', 'error')}: {str(exc_value)[:200]})"
             code = "worker_error"

@@ -90,23 +90,14 @@ class CoverWorker(SimpleWorker):
             self._current_job = None
 
     def _fail_current(self, job, reason: str) -> None:
-        """A cold shutdown interrupted the job: nothing about the job caused it, so it goes back to
-        the queue once as a new attempt (services.cover_job_retry_transient); interrupted again,
-        it fails ``"<stage>: worker shutdown"``."""
+        """A cold shutdown interrupted the job: re-queued once, else failed
+        (:func:`covers.jobs.interrupted_by_shutdown`)."""
         try:
-            from . import services
+            from .jobs import interrupted_by_shutdown
             from .models import CoverJob
             job_id, attempt = (list(job.args) + [1])[:2]
             stage = CoverJob.objects.filter(pk=job_id).values_list("stage", flat=True).first() or "preprocess"
-            if services.cover_job_retry_transient(job_id=job_id, attempt=int(attempt), code="worker_stopped",
-                                                  stage=stage, message=f"worker shutdown: the job was "
-                                                                       f"interrupted ({reason})"):
-                log.warning("job %s attempt %s interrupted by a worker shutdown in %s; re-queued once",
-                            job_id, attempt, stage)
-                return
-            services.cover_job_fail(job_id=job_id, attempt=int(attempt), code="worker_stopped", stage=stage,
-                                    message=f"{stage}: worker shutdown: the job was interrupted ({reason}); "
-                                            f"please submit it again")
+            interrupted_by_shutdown(job_id=job_id, attempt=int(attempt), stage=stage, reason=reason)
         except Exception:
             log.exception("could not mark job %s failed", getattr(job, "id", "?"))
 

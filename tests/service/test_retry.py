@@ -84,3 +84,31 @@ def test_a_second_transient_error_fails_the_job_naming_the_stage(api_key, song_b
     assert job.error_code == "out_of_memory"
     assert job.error_message.startswith("separate: ") and "out of memory" in job.error_message
     assert not job.result
+
+
+def test_rq_failure_callback_requeues_a_job_a_cold_shutdown_interrupted_once(api_key, song_bytes, ref_bytes,
+                                                                            settings):
+    """on_rq_failure (the worker died before it could record anything) treats SystemExit as a
+    cold shutdown: the job goes back to the queue once, the second time it fails."""
+    from types import SimpleNamespace
+
+    from covers import services
+    from covers.jobs import on_rq_failure
+
+    _, raw = api_key
+    resp = Client().post("/api/v1/cover/jobs", {"song": upload("s.wav", song_bytes),
+                                                "reference_voice": upload("r.wav", ref_bytes)},
+                         HTTP_X_API_KEY=raw)
+    assert resp.status_code == 201, resp.content
+    job_id = resp.json()["job_id"]
+    assert services.cover_job_start(job_id=job_id, attempt=1, worker_name="w1") is not None
+    on_rq_failure(SimpleNamespace(id="rq1", args=(job_id, 1)), None, SystemExit, SystemExit(), None)
+    job = CoverJob.objects.get(pk=job_id)
+    assert (job.status, job.attempt, job.retries) == ("queued", 2, 1), job.error_message
+    assert "worker shutdown" in job.error_message
+
+    assert services.cover_job_start(job_id=job_id, attempt=2, worker_name="w1") is not None
+    on_rq_failure(SimpleNamespace(id="rq2", args=(job_id, 2)), None, SystemExit, SystemExit(), None)
+    job = CoverJob.objects.get(pk=job_id)
+    assert (job.status, job.attempt, job.error_code) == ("failed", 2, "worker_stopped")
+    assert job.error_message == "preprocess: worker shutdown: the job was interrupted; please submit it again"
