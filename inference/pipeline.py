@@ -138,7 +138,7 @@ class Pipeline:
             state["sep"].instrumental = None
             state["conv"] = stage("infer", lambda ctx: infer.run(state["pre"], state["sep"], cfg, ctx))
             # mix reads the stems back from the work folder (the instrumental becomes the master)
-            state["sep"].vocals = state["sep"].instrumental = None
+            state["sep"].vocals = None
             if state["conv"].quality is not None:
                 report["quality"] = state["conv"].quality
             state["mix"] = stage("mix", lambda ctx: mix.run(state["pre"], state["sep"], state["conv"], cfg, ctx))

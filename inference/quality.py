@@ -17,9 +17,9 @@
   says the conversion moved the voice toward the reference.
 - ``quality_warning``: pitch accuracy under :data:`PITCH_WARNING_BELOW` (0.85).
 
-Vocals longer than :data:`SAMPLE_SECONDS` are measured on windows spread evenly over them (the
-report says so in ``sampled_seconds``): the figures are estimates either way, and the full tracks
-cost about as much as the conversion.
+Vocals longer than :data:`SAMPLE_SECONDS` (plus one window) are measured on windows spread evenly
+over them (the report says so in ``sampled_seconds``): the figures are estimates either way, and
+the full tracks cost about as much as the conversion.
 
 Figures that cannot be measured (silent vocal, too little voice) are ``None`` with a note saying
 why; ``assess`` never raises for such inputs. The Resemblyzer encoder (weights ship inside its
@@ -250,8 +250,9 @@ def assess(converted_vocal: np.ndarray, input_vocal: np.ndarray, sr: int, refere
     conv, inp = conv[:n], inp[:n]
     sampled = None
     if n > (SAMPLE_SECONDS + SAMPLE_WINDOW_S) * sr:
-        conv, inp = _sample(conv, sr), _sample(inp, sr)
-        sampled = round(SAMPLE_SECONDS, 1)
+        starts, win = _sample_windows(n, sr)
+        conv, inp = _sample(conv, starts, win, sr), _sample(inp, starts, win, sr)
+        sampled = round(len(starts) * win / sr, 1)
         n = len(conv)
     conv_silent = not n or float(np.max(np.abs(conv))) < 1e-4
     inp_silent = not n or float(np.max(np.abs(inp))) < 1e-4
@@ -318,14 +319,19 @@ def assess(converted_vocal: np.ndarray, input_vocal: np.ndarray, sr: int, refere
                          sampled_seconds=sampled, notes=notes)
 
 
-def _sample(x: np.ndarray, sr: int) -> np.ndarray:
-    """SAMPLE_SECONDS of ``x`` in windows of SAMPLE_WINDOW_S spread evenly over it, joined with
-    0.1 s of silence (the tracker skips silent frames, so no pitch is read across a join).
-    Two crepe passes and two embeddings over a whole 3-minute vocal cost about as much as the
-    conversion itself; a minute spread over the song estimates the same figures."""
+def _sample_windows(n: int, sr: int) -> tuple[np.ndarray, int]:
+    """Starts and length (samples) of the windows that sample an ``n``-sample vocal: about
+    SAMPLE_SECONDS in windows of SAMPLE_WINDOW_S spread evenly over it. Two crepe passes and two
+    embeddings over a whole 3-minute vocal cost about as much as the conversion itself; a minute
+    spread over the song estimates the same figures."""
     win = int(SAMPLE_WINDOW_S * sr)
     k = max(1, int(round(SAMPLE_SECONDS / SAMPLE_WINDOW_S)))
-    starts = np.linspace(0, len(x) - win, k).astype(int)
+    return np.linspace(0, n - win, k).astype(int), win
+
+
+def _sample(x: np.ndarray, starts: np.ndarray, win: int, sr: int) -> np.ndarray:
+    """The windows of ``x`` joined with 0.1 s of silence (the tracker skips silent frames, so no
+    pitch is read across a join)."""
     gap = np.zeros(int(0.1 * sr), dtype=x.dtype)
     parts = []
     for s0 in starts:
