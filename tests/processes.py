@@ -55,32 +55,37 @@ class Stack:
         self.daphne = self._spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                                    "coverproject.asgi:application"], "daphne.log")
         self.start_worker()
-        deadline = time.monotonic() + 60
+        self.wait_http("/api/schema/")
+        self.wait_worker_ready()
+
+    def wait_http(self, path: str = "/healthz", timeout: float = 60) -> None:
+        """Until daphne answers ``path`` with 200 (it must stay alive meanwhile)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.base + "/api/schema/", timeout=2).status_code == 200:
-                    break
+                if requests.get(self.base + path, timeout=2).status_code == 200:
+                    return
             except requests.ConnectionError:
                 pass
             assert self.daphne.poll() is None, self.logs()
             time.sleep(0.2)
-        else:
-            raise AssertionError("daphne did not start\n" + self.logs())
-        self.wait_worker_ready()
+        raise AssertionError("daphne did not start\n" + self.logs())
 
     def start_worker(self, extra_env: dict | None = None) -> None:
         self._worker_logs += 1
         self.worker = self._spawn([sys.executable, "manage.py", "rqworker", "cover"],
                                   f"worker{self._worker_logs}.log", extra_env)
 
-    def wait_worker_ready(self, timeout: float = 60) -> None:
+    def wait_worker_ready(self, timeout: float = 60, connection=None) -> None:
+        """Until the worker has registered in Redis (``connection``: default the tests' own)."""
         from rq import Worker
 
         from covers.queue import redis_connection
+        connection = connection or redis_connection()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.worker.poll() is None, self.logs()
-            if any(w.pid == self.worker.pid for w in Worker.all(connection=redis_connection())):
+            if any(w.pid == self.worker.pid for w in Worker.all(connection=connection)):
                 return
             time.sleep(0.2)
         raise AssertionError("the worker did not register\n" + self.logs())

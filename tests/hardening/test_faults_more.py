@@ -53,30 +53,6 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def wait_http(base: str, proc: subprocess.Popen, logs, path: str = "/healthz", timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(base + path, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, logs()
-        time.sleep(0.2)
-
-
-def wait_worker(stack, redis_server, timeout: float = 60) -> None:
-    from rq import Worker
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert stack.worker.poll() is None, stack.logs()
-        if any(w.pid == stack.worker.pid for w in Worker.all(connection=redis_server.client())):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the worker did not register\n" + stack.logs())
-
-
 # --------------------------------------------------------------------------------------------
 # fault 8: PostgreSQL restarted mid-job
 # --------------------------------------------------------------------------------------------
@@ -161,8 +137,8 @@ def test_postgres_restarted_mid_job_the_worker_reconnects_and_the_job_ends_corre
                               capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stdout + made.stderr
         raw = made.stdout.strip().splitlines()[-1].strip()
-        wait_http(stack.base, stack.daphne, stack.logs)
-        wait_worker(stack, redis_server)
+        stack.wait_http()
+        stack.wait_worker_ready(connection=redis_server.client())
         headers = {"X-API-Key": raw}
 
         mix, *_ = signals.song(seconds=2.0, sr=22050)
@@ -317,7 +293,7 @@ def test_a_websocket_client_that_never_reads_keeps_daphne_bounded_and_others_una
         stack.daphne = stack._spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(stack.port),
                                      "--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT),
                                      "coverproject.asgi:application"], "daphne.log")
-        wait_http(stack.base, stack.daphne, stack.logs)
+        stack.wait_http()
         ws_url = f"ws://127.0.0.1:{stack.port}/ws/cover/jobs/"
         headers = {"X-API-Key": raw}
 
