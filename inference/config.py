@@ -50,6 +50,10 @@ class PipelineConfig:
     # They are part of the engine cache key.
     engine_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str | None = None                # None: CUDA when present, else CPU
+    # The job's model files for the converter (``rvc``: {"model": ".pth", "index": ".index"}) and its
+    # per-job settings (``rvc``: index_rate, protect, ...); not part of the engine cache key.
+    model_files: dict[str, str] = field(default_factory=dict)
+    converter_params: dict[str, Any] = field(default_factory=dict)
     # Measure the converted vocal after ``infer`` (pitch accuracy, speaker similarity;
     # inference.quality) into report["quality"] and PipelineResult.quality.
     quality_report: bool = True

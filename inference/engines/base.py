@@ -7,7 +7,7 @@ get a :class:`~inference.context.StageContext` for progress, cancel checks and s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -29,6 +29,11 @@ class ConversionParams:
     model_id: str | None = None
     reference_text: str | None = None
     target_text: str | None = None
+    # The job's own model files, e.g. ``{"model": "/models/voice.pth", "index": "/models/voice.index"}``
+    # (the ``rvc`` converter loads the voice model from here; ``None`` for engines without one).
+    model_files: Mapping[str, str] | None = None
+    # Per-job engine settings (``rvc``: index_rate, protect, rms_mix_rate, filter_radius, f0_method, ...).
+    engine_params: Mapping[str, Any] | None = None
 
 
 class Converter(Protocol):

@@ -34,7 +34,8 @@ class Converted:
 def params_from(cfg: PipelineConfig) -> ConversionParams:
     return ConversionParams(pitch_shift=float(cfg.pitch_shift), auto_pitch=bool(cfg.auto_pitch),
                             model_id=cfg.model_id, reference_text=cfg.reference_text,
-                            target_text=cfg.target_text)
+                            target_text=cfg.target_text, model_files=dict(cfg.model_files or {}) or None,
+                            engine_params=dict(cfg.converter_params or {}) or None)
 
 
 def run(pre: Preprocessed, sep: Separated, cfg: PipelineConfig, ctx: StageContext) -> Converted:
