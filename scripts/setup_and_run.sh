@@ -2,7 +2,8 @@
 # Fresh machine -> running service, in one command:
 #   venv (.venv) + requirements (torch==2.13.0 first), system packages when root, migrations,
 #   a reachable Redis (starts a local redis-server if none answers), a demo API key printed with
-#   a ready-to-paste curl example, then daphne (HTTP on 127.0.0.1:8000) and one RQ worker in the
+#   a ready-to-paste curl example, then the web server (`manage.py serve`: uvicorn, HTTP + WebSockets on
+#   127.0.0.1:8000; it answers oversized uploads with 413 before reading them) and one RQ worker in the
 #   foreground. Ctrl-C stops both.
 # Environment: COVER_HTTP_HOST / COVER_HTTP_PORT (default 127.0.0.1:8000), REDIS_URL, DATABASE_URL
 # and every COVER_* setting (see coverproject/settings/base.py).
@@ -62,8 +63,8 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-say "starting daphne on http://$HOST:$PORT and one worker (Ctrl-C stops both)"
-"$VENV/bin/daphne" -b "$HOST" -p "$PORT" coverproject.asgi:application &
+say "starting the web server on http://$HOST:$PORT and one worker (Ctrl-C stops both)"
+"$PY" manage.py serve --bind "$HOST" --port "$PORT" &  # COVER_WEB_PROCESSES processes (default 1)
 PIDS+=($!)
 "$PY" manage.py rqworker "${COVER_QUEUE_NAME:-cover}" &
 PIDS+=($!)

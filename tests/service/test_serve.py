@@ -1,4 +1,4 @@
-"""`manage.py serve`: N real daphne processes on one listening socket, a dead one restarted, all
+"""`manage.py serve`: N real uvicorn processes on one listening socket, a dead one restarted, all
 stopped by one SIGTERM."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_serve_runs_n_daphne_processes_on_one_socket_restarts_a_dead_one_and_stops_on_sigterm(
+def test_serve_runs_n_server_processes_on_one_socket_restarts_a_dead_one_and_stops_on_sigterm(
         e2e_database, django_db_blocker, tmp_path):
     with django_db_blocker.unblock():
         env = e2e_env(tmp_path)
@@ -64,7 +64,7 @@ def test_serve_runs_n_daphne_processes_on_one_socket_restarts_a_dead_one_and_sto
 
         wait_for(healthy, 60, "the first answer")
         kids = wait_for(lambda: (lambda k: k if len(k) == 2 else None)(children(proc.pid)), 30,
-                        "two daphne children")
+                        "two server children")
         # every child accepts on the parent's listening socket (the same inode), none binds its own
         listening = socket_inodes(proc.pid)
         for kid in kids:

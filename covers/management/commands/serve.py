@@ -1,11 +1,15 @@
-"""`manage.py serve`: N daphne processes accepting on one listening socket.
+"""`manage.py serve`: N uvicorn processes accepting on one listening socket.
 
-One daphne process runs Django's sync views one Python thread at a time (the GIL), so it uses
-one core: on the 2-core bench machine a single process tops out near 100 status reads per second
-(bench/api_bench.py). This command binds the socket once and starts N daphne children with
+One process runs Django's sync views one Python thread at a time (the GIL), so it uses one core:
+on the 2-core bench machine a single process tops out near 100 status reads per second
+(bench/api_bench.py). This command binds the socket once and starts N uvicorn children with
 ``--fd`` (the kernel spreads new connections over them), restarts a child that dies, and stops
-them all on SIGINT/SIGTERM (each child finishes its open requests: daphne's own shutdown).
+them all on SIGINT/SIGTERM (each child finishes its open requests, up to 30 s).
 WebSockets work across processes: every consumer talks to the Redis channel layer.
+
+uvicorn, not daphne: it hands the request body to the application as it arrives, so
+covers.body_limit answers an oversized upload with 413 before reading it (daphne stores the whole
+body in a temporary file first; see covers/server.py), and it answers 431 to oversized headers.
 
     python manage.py serve --bind 0.0.0.0 --port 8000 --processes 4 --proxy-headers
 """
@@ -21,22 +25,24 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from covers.server import uvicorn_command
+
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)  # waits before restarting a child that keeps dying
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL for children that do not stop
 
 
 class Command(BaseCommand):
-    help = "Serve the ASGI application with N daphne processes sharing one listening socket."
+    help = "Serve the ASGI application with N uvicorn processes sharing one listening socket."
 
     def add_arguments(self, parser):
         parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--processes", type=int, default=None,
-                            help="daphne processes (default COVER_WEB_PROCESSES, 1)")
+                            help="server processes (default COVER_WEB_PROCESSES, 1)")
         parser.add_argument("--proxy-headers", action="store_true",
                             help="trust X-Forwarded-For/-Proto from a reverse proxy")
-        parser.add_argument("--access-log", default=None,
-                            help="daphne's access log: a path, '-' for stdout (default: none)")
+        parser.add_argument("--access-log", action="store_true",
+                            help="log every request to stdout (default: none)")
         parser.add_argument("--application", default=settings.ASGI_APPLICATION.replace(".application", ":application"))
 
     def handle(self, *args, **opts):
@@ -53,12 +59,8 @@ class Command(BaseCommand):
         sock.listen(1024)
         sock.set_inheritable(True)
         fd = sock.fileno()
-        cmd = [sys.executable, "-m", "daphne", "--fd", str(fd)]
-        if opts["proxy_headers"]:
-            cmd.append("--proxy-headers")
-        if opts["access_log"]:
-            cmd += ["--access-log", opts["access_log"]]
-        cmd.append(opts["application"])
+        cmd = uvicorn_command(opts["application"], fd=fd, proxy_headers=opts["proxy_headers"],
+                              access_log=opts["access_log"])
 
         stopping = False
 
@@ -75,7 +77,7 @@ class Command(BaseCommand):
         children = [start() for _ in range(n)]
         deaths = [0] * n
         self.stdout.write(f"serving {opts['application']} on {opts['bind']}:{opts['port']} "
-                          f"with {n} daphne process(es): pids {[c.pid for c in children]}")
+                          f"with {n} uvicorn process(es): pids {[c.pid for c in children]}")
         self.stdout.flush()
         try:
             while not stopping:
@@ -86,7 +88,7 @@ class Command(BaseCommand):
                         continue
                     wait = RESTART_BACKOFF_S[min(deaths[i], len(RESTART_BACKOFF_S) - 1)]
                     deaths[i] += 1
-                    self.stderr.write(f"daphne pid {child.pid} exited with {code}; restarting in {wait} s")
+                    self.stderr.write(f"server pid {child.pid} exited with {code}; restarting in {wait} s")
                     time.sleep(wait)
                     children[i] = start()
         finally:
