@@ -73,12 +73,28 @@ class CoverAPIKeyAdmin(APIKeyModelAdmin):
 # voice models
 # --------------------------------------------------------------------------------------------
 class VoiceModelForm(forms.ModelForm):
+    upload_model_file = forms.FileField(required=False, label="or upload the model file", help_text=(
+        "Stored under COVER_MODELS_ROOT/uploads/<model_id>/ (files over the request limit: copy them there and "
+        "name the path instead)."))
+    upload_index_file = forms.FileField(required=False, label="or upload the .index")
+    upload_config_file = forms.FileField(required=False, label="or upload the YAML config")
+
     class Meta:
         model = VoiceModel
         fields = "__all__"
 
     def _post_clean(self):
         super()._post_clean()  # the instance now holds the submitted values
+        try:
+            for field in ("model_file", "index_file", "config_file"):
+                upload = self.cleaned_data.get(f"upload_{field}")
+                if upload:
+                    setattr(self.instance, field, voice_models.voice_model_store_upload(
+                        model_id=self.instance.model_id, upload=upload, what=field))
+        except voice_models.ModelInvalid as exc:
+            for field, message in exc.errors.items():
+                self.add_error(field if field in self.fields else None, message)
+            return
         try:
             voice_models.voice_model_validate(model=self.instance)
             voice_models.voice_model_check_default_change(model=self.instance)
@@ -90,22 +106,29 @@ class VoiceModelForm(forms.ModelForm):
 @admin.register(VoiceModel)
 class VoiceModelAdmin(admin.ModelAdmin):
     form = VoiceModelForm
-    list_display = ("model_id", "name", "engine", "enabled", "is_default", "last_test_ok", "last_test_at")
-    list_filter = ("engine", "enabled", "is_default")
-    search_fields = ("model_id", "name")
-    readonly_fields = ("last_test_at", "last_test_ok", "last_test_message", "created_at", "updated_at")
+    list_display = ("model_id", "name", "engine", "kind", "step", "sample_rate", "version", "enabled", "is_default",
+                    "last_test_ok", "last_test_seconds", "last_test_at")
+    list_filter = ("engine", "kind", "step", "enabled", "is_default")
+    search_fields = ("model_id", "name", "sha256")
+    readonly_fields = ("kind", "sample_rate", "version", "sha256", "facts", "last_test_at", "last_test_ok",
+                       "last_test_seconds", "last_test_message", "created_at", "updated_at")
     actions = ["test_load", "make_default"]
     fieldsets = (
-        (None, {"fields": ("model_id", "name", "engine", "enabled", "is_default")}),
-        ("Files (relative to COVER_MODELS_ROOT, or absolute inside an allowed root)", {
+        (None, {"fields": ("model_id", "name", "engine", "step", "enabled", "is_default")}),
+        ("RVC voice or UVR-family separator: one model file (+ .index / YAML); what it is is read from the file", {
+            "fields": ("model_file", "upload_model_file", "index_file", "upload_index_file", "config_file",
+                       "upload_config_file", "engine_defaults")}),
+        ("Read from the file", {"fields": ("kind", "sample_rate", "version", "sha256", "facts")}),
+        ("GPT-SoVITS files (relative to COVER_MODELS_ROOT, or absolute inside an allowed root)", {
             "fields": ("gpt_weights", "sovits_weights", "reference_audio", "reference_text")}),
         ("Default parameters", {"fields": ("default_pitch_shift", "default_auto_pitch", "default_reverb")}),
-        ("Last test load", {"fields": ("last_test_at", "last_test_ok", "last_test_message")}),
+        ("Last test load (a real 1-second inference in a worker)", {
+            "fields": ("last_test_at", "last_test_ok", "last_test_seconds", "last_test_message")}),
         (None, {"fields": ("created_at", "updated_at")}),
     )
 
     def save_model(self, request, obj, form, change):
-        # The form already validated the files and loaded the weights safely.
+        # The form already validated the files, read their facts and loaded the weights safely.
         voice_models.voice_model_save(model=obj, load_weights=False)
 
     def delete_model(self, request, obj):

@@ -117,6 +117,9 @@ def _job_response(job, request, status=200, headers=None) -> Response:
                     headers=headers)
 
 
+RVC_PARAMS = ("index_rate", "protect", "rms_mix_rate", "filter_radius", "f0_method")
+
+
 class CoverJobCreateApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
@@ -158,6 +161,31 @@ class CoverJobCreateApi(APIView):
             child=serializers.CharField(max_length=64), required=False, help_text=(
                 "Subset of start, progress, completed (default: all); repeat the field or separate by commas."))
 
+        # Registered UVR-family models for the separate stage (GET /api/v1/cover/models, step).
+        separator_model = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
+                                                 max_length=100, help_text=(
+            "A registered separator model (step 'separate'): separation runs with it (engine uvr)."))
+        karaoke_model = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
+                                               max_length=100, help_text=(
+            "A registered karaoke model: splits lead from backing vocals; the backing vocals go back into "
+            "the mix unconverted unless convert_backing."))
+        dereverb_model = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
+                                                max_length=100, help_text=(
+            "A registered de-reverb / de-echo model, run on the (lead) vocal before conversion."))
+        convert_backing = serializers.BooleanField(required=False, allow_null=True, default=None, help_text=(
+            "With karaoke_model: convert the backing vocals too (default false: mixed back as they are)."))
+        # RVC voices (default: the model's engine_defaults, else RVC's own defaults)
+        index_rate = serializers.FloatField(required=False, min_value=0, max_value=1, help_text=(
+            "RVC: how much of the voice's .index features to blend in, 0..1 (default 0.75)."))
+        protect = serializers.FloatField(required=False, min_value=0, max_value=0.5, help_text=(
+            "RVC: protect breaths and consonants from retrieval, 0..0.5 (0.5 = off; default 0.33)."))
+        rms_mix_rate = serializers.FloatField(required=False, min_value=0, max_value=1, help_text=(
+            "RVC: 0 = follow the original vocal's loudness envelope, 1 = keep the model's (default 0.25)."))
+        filter_radius = serializers.IntegerField(required=False, min_value=0, max_value=7, help_text=(
+            "RVC: median filter radius on the pitch track, 0..7 (default 3)."))
+        f0_method = serializers.ChoiceField(choices=["rmvpe", "crepe"], required=False, help_text=(
+            "RVC: pitch tracker (default rmvpe when the worker has rmvpe.pt, else crepe)."))
+
         def validate_webhook_events(self, value):
             return [e.strip() for v in value for e in v.split(",") if e.strip()]
 
@@ -169,6 +197,7 @@ class CoverJobCreateApi(APIView):
                 raise serializers.ValidationError({"vocals": "send either song or vocals, not both"})
             if attrs.get("instrumental") is not None and attrs.get("vocals") is None:
                 raise serializers.ValidationError({"instrumental": "instrumental goes with vocals, not with song"})
+            attrs["engine_params"] = {name: attrs.pop(name) for name in RVC_PARAMS if name in attrs}
             return attrs
 
         def _engine(self, kind: str, value: str) -> str:
@@ -408,12 +437,37 @@ class VoiceModelOutputSerializer(serializers.Serializer):
     model_id = serializers.CharField()
     name = serializers.CharField()
     engine = serializers.CharField()
+    kind = serializers.CharField(help_text="Read from the file: rvc, uvr-vr, mdx, mdxc, roformer, demucs, gpt-sovits "
+                                           "(empty for the built-in world converter).")
+    step = serializers.CharField(help_text="voice (name it as model_id), separate (separator_model), karaoke "
+                                           "(karaoke_model) or dereverb (dereverb_model).")
+    use_as = serializers.SerializerMethodField()
+    sample_rate = serializers.IntegerField(allow_null=True)
+    version = serializers.CharField()
+    sha256 = serializers.CharField()
     is_default = serializers.BooleanField()
     defaults = serializers.SerializerMethodField()
+    needs = serializers.SerializerMethodField()
+    last_test = serializers.SerializerMethodField()
+
+    def get_use_as(self, model) -> str:
+        return {"voice": "model_id", "separate": "separator_model", "karaoke": "karaoke_model",
+                "dereverb": "dereverb_model"}.get(model.step, "model_id")
 
     def get_defaults(self, model) -> dict:
         return {"pitch_shift": model.default_pitch_shift, "auto_pitch": model.default_auto_pitch,
-                "reverb": model.default_reverb}
+                "reverb": model.default_reverb, **(model.engine_defaults or {})}
+
+    def get_needs(self, model) -> list[dict]:
+        from .voice_models import model_needs
+
+        return model_needs(model)
+
+    def get_last_test(self, model) -> dict | None:
+        if model.last_test_at is None:
+            return None
+        return {"ok": model.last_test_ok, "at": model.last_test_at, "seconds": model.last_test_seconds,
+                "message": model.last_test_message}
 
 
 class VoiceModelListApi(APIView):

@@ -62,7 +62,7 @@ def build_pipeline_config(job: CoverJob):
     from inference import Limits, MixOptions, PipelineConfig
 
     from inference.config import OutputOptions
-    from .voice_models import voice_model_engine_options
+    from .voice_models import job_model_setup, voice_model_engine_options
 
     p = job.parameters or {}
     separator = p.get("separator") or settings.COVER_SEPARATOR
@@ -70,17 +70,23 @@ def build_pipeline_config(job: CoverJob):
     max_song = settings.COVER_MAX_SONG_SECONDS
     if job.owner_id and job.owner and job.owner.max_song_seconds:
         max_song = min(max_song, job.owner.max_song_seconds)
-    engine_options = {}
+    # Registered RVC / UVR-family models (covers.voice_models): their files, the engines' worker-wide
+    # resources, the separation chain; resolved here, in the worker, at run time.
+    setup = job_model_setup(p)
+    separator = setup.get("separator") or separator
+    engine_options = dict(setup["engine_options"])
     for kind, name in (("separator", separator), ("converter", converter)):
         opts = _engine_options(kind, name)
         if opts:
-            engine_options[name] = opts
-    # A registered model's files (covers.voice_models) for the converter that uses them.
+            engine_options[name] = {**opts, **engine_options.get(name, {})}
+    # A registered GPT-SoVITS model's files for the converter that uses them.
     model_opts = voice_model_engine_options(model_id=p.get("model_id"), converter=converter)
     if model_opts:
         engine_options[converter] = {**engine_options.get(converter, {}), **model_opts}
     return PipelineConfig(
         separator=separator, converter=converter,
+        model_files=setup["model_files"], converter_params=setup["converter_params"],
+        **({"separation_chain": setup["separation_chain"]} if setup.get("separation_chain") else {}),
         pitch_shift=float(p.get("pitch_shift") or 0.0), auto_pitch=bool(p.get("auto_pitch")),
         model_id=p.get("model_id") or None,
         reference_text=p.get("reference_text") or None, target_text=p.get("target_text") or None,

@@ -185,6 +185,15 @@ class VoiceModel(models.Model):
         WORLD = "world", "WORLD (built in)"
         GPT_SOVITS_COMMAND = "gpt-sovits-command", "GPT-SoVITS (command)"
         GPT_SOVITS_API = "gpt-sovits-api", "GPT-SoVITS (api_v2 server)"
+        RVC = "rvc", "RVC voice (v1/v2 .pth)"
+        UVR = "uvr", "UVR-family separator (VR / MDX / MDXC / Roformer / Demucs)"
+
+    class Step(models.TextChoices):
+        """What a separator model does in the separate stage (converters: ``voice``)."""
+        VOICE = "voice", "voice (converter)"
+        SEPARATE = "separate", "separate vocals from the instrumental"
+        KARAOKE = "karaoke", "split lead from backing vocals"
+        DEREVERB = "dereverb", "remove reverb / echo from the vocal"
 
     model_id = models.SlugField(max_length=100, unique=True,
                                 help_text="The model_id clients send (letters, digits, - and _).")
@@ -198,6 +207,25 @@ class VoiceModel(models.Model):
     reference_audio = models.CharField(max_length=500, blank=True, default="",
                                        help_text="Optional default reference clip (3-10 s), same rules.")
     reference_text = models.TextField(blank=True, default="", help_text="The reference clip's transcript.")
+    # RVC and UVR-family models: one main file (+ an RVC .index, + a Roformer/MDXC YAML); what the
+    # file is (kind, rate, version, sha256) is read from it by covers.voice_models, never typed in.
+    model_file = models.CharField(max_length=500, blank=True, default="", help_text=(
+        "RVC .pth, UVR VR .pth, MDX .onnx, MDXC/Roformer .ckpt or demucs .th/.yaml: relative to the models root, "
+        "or absolute inside an allowed root (or upload it below)."))
+    index_file = models.CharField(max_length=500, blank=True, default="", help_text="RVC: the voice's .index (optional).")
+    config_file = models.CharField(max_length=500, blank=True, default="", help_text=(
+        "MDXC / Roformer: the checkpoint's YAML config."))
+    step = models.CharField(max_length=16, choices=Step.choices, default=Step.VOICE, help_text=(
+        "Separator models: the step they serve (a job names them as separator_model, karaoke_model or "
+        "dereverb_model)."))
+    kind = models.CharField(max_length=32, blank=True, default="", editable=False)
+    sample_rate = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    version = models.CharField(max_length=64, blank=True, default="", editable=False)
+    sha256 = models.CharField(max_length=64, blank=True, default="", editable=False)
+    facts = models.JSONField(default=dict, blank=True, editable=False)
+    engine_defaults = models.JSONField(default=dict, blank=True, help_text=(
+        'RVC defaults for jobs that leave them out, e.g. {"index_rate": 0.75, "protect": 0.33, '
+        '"rms_mix_rate": 0.25, "filter_radius": 3}.'))
     default_pitch_shift = models.FloatField(default=0.0, help_text="Semitones, -24..24.")
     default_auto_pitch = models.BooleanField(default=False)
     default_reverb = models.FloatField(default=0.0, help_text="Wet amount 0..1.")
@@ -207,6 +235,7 @@ class VoiceModel(models.Model):
     last_test_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_test_ok = models.BooleanField(null=True, editable=False)
     last_test_message = models.TextField(blank=True, default="", editable=False)
+    last_test_seconds = models.FloatField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

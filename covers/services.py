@@ -218,6 +218,9 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
                      reverb: float | None = None, output_format: str | None = None,
                      output_sample_rate: int | None = None,
                      webhook_url: str = "", webhook_events: list[str] | None = None,
+                     separator_model: str | None = None, karaoke_model: str | None = None,
+                     dereverb_model: str | None = None, convert_backing: bool | None = None,
+                     engine_params: dict | None = None,
                      idempotency_key: str = "", request_hash: str = "") -> CoverJob:
     """Validate the uploads by content, store them, insert the row and enqueue after commit.
 
@@ -234,7 +237,7 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
     a concurrent duplicate raises IdempotentReplay carrying the winner's record.
     """
     from .limits import check_song_duration, lock_key_and_recheck, upload_limits_for_key
-    from .voice_models import voice_model_for_request
+    from .voice_models import check_engine_params, separator_model_for_request, voice_model_for_request
 
     if (song is None) == (vocals is None):
         raise InvalidParameter("send exactly one of song or vocals (your own vocal stem)",
@@ -253,6 +256,10 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
         webhook_events = []
     _check_key_limits(api_key)
     chosen = voice_model_for_request(model_id)
+    sep_models = {field: separator_model_for_request(value, step=step)
+                  for field, step, value in (("separator_model", "separate", separator_model),
+                                             ("karaoke_model", "karaoke", karaoke_model),
+                                             ("dereverb_model", "dereverb", dereverb_model))}
     limits = upload_limits_for_key(api_key)
     uploads = {}
     if song is not None:
@@ -279,7 +286,17 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
         "converter": converter or chosen.engine or settings.COVER_CONVERTER,
         "vocal_gain_db": float(vocal_gain_db or 0.0), "instrumental_gain_db": float(instrumental_gain_db or 0.0),
         "output_format": output_format or "wav", "output_sample_rate": output_sample_rate or None,
+        # RVC parameters: the request's, else the model's defaults (engine defaults fill the rest)
+        "engine_params": {**chosen.defaults.get("engine_params", {}),
+                          **check_engine_params(engine_params or {}, field_name="engine_params")},
+        **{k: v for k, v in sep_models.items() if v},
+        "convert_backing": bool(convert_backing),
     }
+    if sep_models["separator_model"] and separator and separator != "uvr":
+        raise InvalidParameter(f"separator_model names a UVR-family model; separator {separator!r} cannot run it",
+                               field="separator_model")
+    if sep_models["separator_model"]:
+        parameters["separator"] = "uvr"
     if vocals is not None:
         parameters["stems"] = "vocals+instrumental" if instrumental is not None else "vocals"
         parameters["separator"] = "provided"

@@ -117,9 +117,93 @@ def check_weights_safe(path: Path) -> None:
                          f"{str(exc)[:300]})") from None
 
 
+RVC_PARAM_RANGES = {"index_rate": (0.0, 1.0), "protect": (0.0, 0.5), "rms_mix_rate": (0.0, 1.0),
+                    "filter_radius": (0, 7)}
+F0_METHODS = ("rmvpe", "crepe")
+FILE_ENGINES = (E.RVC, E.UVR)
+
+
+def check_engine_params(params: dict, *, field_name: str = "engine_defaults") -> dict:
+    """RVC per-job parameters (index_rate, protect, rms_mix_rate, filter_radius, f0_method): a clean
+    copy, or InvalidParameter naming the parameter."""
+    if not isinstance(params, dict):
+        raise InvalidParameter(f"{field_name} must be a JSON object", field=field_name)
+    out = {}
+    for name, value in params.items():
+        if name == "f0_method":
+            if value not in F0_METHODS:
+                raise InvalidParameter(f"{field_name}: f0_method must be one of {', '.join(F0_METHODS)}",
+                                       field=field_name)
+            out[name] = value
+            continue
+        if name not in RVC_PARAM_RANGES:
+            raise InvalidParameter(f"{field_name}: unknown parameter {name!r} (known: "
+                                   f"{', '.join([*RVC_PARAM_RANGES, 'f0_method'])})", field=field_name)
+        lo, hi = RVC_PARAM_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise InvalidParameter(f"{field_name}: {name} must be a number within {lo}..{hi}", field=field_name)
+        out[name] = int(value) if name == "filter_radius" else float(value)
+    return out
+
+
+def _read_facts(model: VoiceModel, paths: dict[str, Path], errors: dict[str, str]) -> None:
+    """Fill kind / engine / sample_rate / version / sha256 / facts from the files themselves."""
+    from inference.model_files import CONVERTER_KINDS, SEPARATOR_KINDS, ModelFileError, inspect_model_file
+
+    try:
+        facts = inspect_model_file(paths["model_file"], config=paths.get("config_file"))
+    except ModelFileError as exc:
+        errors["model_file"] = str(exc)
+        return
+    if facts.kind in ("content-encoder", "rmvpe", "index"):
+        where = {"content-encoder": "COVER_RVC_CONTENT_ENCODER", "rmvpe": "COVER_RVC_RMVPE",
+                 "index": "the index_file of an RVC voice"}[facts.kind]
+        errors["model_file"] = (f"{paths['model_file'].name} is a {facts.kind} file, not a voice or separator "
+                                f"model: it belongs in {where}")
+        return
+    if facts.kind == "gpt-sovits":
+        errors["model_file"] = (f"{paths['model_file'].name} is a GPT-SoVITS file: register it with the "
+                                "gpt-sovits engines (GPT weights + SoVITS weights)")
+        return
+    model.kind, model.sha256 = facts.kind, facts.sha256
+    model.sample_rate, model.version = facts.sample_rate, facts.version[:64]
+    model.facts = {**facts.as_dict(), "file": paths["model_file"].name}
+    model.engine = facts.engine
+    if facts.kind in CONVERTER_KINDS:
+        if model.step != VoiceModel.Step.VOICE:
+            errors["step"] = "a voice model's step is 'voice'"
+    elif facts.kind in SEPARATOR_KINDS:
+        if model.step == VoiceModel.Step.VOICE:
+            model.step = VoiceModel.Step.SEPARATE
+        if model.is_default:
+            errors["is_default"] = "only a voice model can be the default model"
+        if facts.kind in ("roformer", "mdxc") and "config_file" not in paths:
+            errors["config_file"] = f"a {facts.kind} checkpoint needs its YAML config (config_file)"
+    if "index_file" in paths:
+        if facts.kind != "rvc":
+            errors["index_file"] = "only RVC voices take an .index file"
+        else:
+            try:
+                index = inspect_model_file(paths["index_file"])
+            except ModelFileError as exc:
+                errors["index_file"] = str(exc)
+            else:
+                if index.kind != "index":
+                    errors["index_file"] = f"{paths['index_file'].name} is not a FAISS .index file"
+                elif index.details.get("dim") != facts.details.get("feature_dim"):
+                    errors["index_file"] = (f"the index holds {index.details.get('dim')}-dim features but the "
+                                            f"voice is RVC {facts.version} ({facts.details.get('feature_dim')}-dim)")
+                else:
+                    model.facts["index"] = {"file": paths["index_file"].name, "sha256": index.sha256,
+                                            **index.details}
+
+
 def voice_model_validate(*, model: VoiceModel, load_weights: bool = True) -> dict[str, Path]:
     """Check the row's engine, parameters and files. Returns the resolved paths; raises
-    :class:`ModelInvalid` with every problem found (field -> message)."""
+    :class:`ModelInvalid` with every problem found (field -> message).
+
+    RVC and UVR-family models name a ``model_file``: what it is (kind, engine, rate, version,
+    sha256) is read from the file when ``load_weights`` (never executing code in it)."""
     errors: dict[str, str] = {}
     paths: dict[str, Path] = {}
     if model.engine not in E.values:
@@ -130,19 +214,29 @@ def voice_model_validate(*, model: VoiceModel, load_weights: bool = True) -> dic
         errors["default_reverb"] = "reverb must be within 0..1"
     if model.is_default and not model.enabled:
         errors["is_default"] = "the default model must be enabled"
-    needs_weights = model.engine in GPT_SOVITS_ENGINES
+    try:
+        model.engine_defaults = check_engine_params(model.engine_defaults or {})
+    except InvalidParameter as exc:
+        errors["engine_defaults"] = exc.message
+    uses_file = model.engine in FILE_ENGINES or bool((model.model_file or "").strip())
+    needs_weights = model.engine in GPT_SOVITS_ENGINES and not uses_file
     for name, what in (("gpt_weights", "GPT weights"), ("sovits_weights", "SoVITS weights"),
-                       ("reference_audio", "reference clip")):
+                       ("reference_audio", "reference clip"), ("model_file", "model file"),
+                       ("index_file", "index file"), ("config_file", "config file")):
         value = (getattr(model, name) or "").strip()
         if not value:
-            if needs_weights and name != "reference_audio":
+            if needs_weights and name in ("gpt_weights", "sovits_weights"):
                 errors[name] = f"{what} are required for the {model.engine} engine"
+            if uses_file and name == "model_file":
+                errors[name] = "a model file is required for RVC and UVR-family models (a path or an upload)"
             continue
         try:
             paths[name] = resolve_model_path(value, what=what)
         except ValueError as exc:
             errors[name] = str(exc)
-    if load_weights:
+    if uses_file and "model_file" in paths and load_weights:
+        _read_facts(model, paths, errors)
+    if load_weights and not uses_file:
         for name in ("gpt_weights", "sovits_weights"):
             if name in paths and name not in errors:
                 try:
@@ -152,6 +246,27 @@ def voice_model_validate(*, model: VoiceModel, load_weights: bool = True) -> dic
     if errors:
         raise ModelInvalid(errors)
     return paths
+
+
+def voice_model_store_upload(*, model_id: str, upload, what: str = "file") -> str:
+    """Write an uploaded model file to COVER_MODELS_ROOT/uploads/<model_id>/ and return that path
+    relative to the models root (what the row stores). The name is reduced to a safe base name."""
+    import re
+
+    from django.utils.text import get_valid_filename
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", model_id or ""):
+        raise ModelInvalid({"model_id": "set a valid model_id before uploading files"})
+    name = get_valid_filename(Path(upload.name or what).name) or what
+    folder = models_root() / "uploads" / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    tmp = folder / f".{name}.part"
+    with open(tmp, "wb") as fh:
+        for chunk in upload.chunks():
+            fh.write(chunk)
+    tmp.replace(target)
+    return str(target.relative_to(models_root()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +281,7 @@ def voice_model_save(*, model: VoiceModel, load_weights: bool = True) -> VoiceMo
         others = VoiceModel.objects.select_for_update().exclude(pk=model.pk)
         current_default = others.filter(is_default=True).first()
         voice_model_check_default_change(model=model)
-        if current_default is None and model.enabled:
+        if current_default is None and model.enabled and model.step == VoiceModel.Step.VOICE:
             model.is_default = True
         if model.is_default:
             others.filter(is_default=True).update(is_default=False)
@@ -201,7 +316,7 @@ def voice_model_delete(*, model: VoiceModel) -> None:
         was_default = VoiceModel.objects.filter(pk=model.pk, is_default=True).exists()
         VoiceModel.objects.filter(pk=model.pk).delete()
         if was_default:
-            nxt = VoiceModel.objects.filter(enabled=True).order_by("model_id").first()
+            nxt = VoiceModel.objects.filter(enabled=True, step=VoiceModel.Step.VOICE).order_by("model_id").first()
             if nxt is not None:
                 VoiceModel.objects.filter(pk=nxt.pk).update(is_default=True)
 
@@ -211,7 +326,7 @@ def voice_model_test_enqueue(*, model: VoiceModel) -> str:
     from .queue import cover_queue
 
     VoiceModel.objects.filter(pk=model.pk).update(last_test_ok=None, last_test_at=None,
-                                                  last_test_message="queued: waiting for a worker")
+                                                  last_test_message="queued: waiting for a worker", last_test_seconds=None)
     job = cover_queue().enqueue_call(func=TEST_JOB_FUNC, args=(model.pk,), timeout=TEST_JOB_TIMEOUT,
                                      result_ttl=3600, failure_ttl=86400,
                                      description=f"test load of voice model {model.model_id}")
@@ -219,18 +334,109 @@ def voice_model_test_enqueue(*, model: VoiceModel) -> str:
 
 
 def voice_model_test_load(*, model: VoiceModel) -> str:
-    """Load the model the way a job would; returns a one-line description, raises on failure."""
+    """Load the model the way a job would and, for RVC and UVR-family models, run a real
+    1-second inference with it; returns a one-line description, raises on failure."""
     if model.engine == E.WORLD:
         from inference.registry import get_engine
 
         engine = get_engine("converter", "world")
         return f"built the {getattr(engine, 'name', 'world')} converter"
-    paths = voice_model_validate(model=model, load_weights=False)
+    paths = voice_model_validate(model=model, load_weights=model.engine in FILE_ENGINES)
+    if model.engine in FILE_ENGINES:
+        return _test_inference(model, paths)
     loaded = []
     for name in ("gpt_weights", "sovits_weights"):
         check_weights_safe(paths[name])
         loaded.append(f"{paths[name].name} ({paths[name].stat().st_size / 1e6:.1f} MB)")
     return "loaded " + " and ".join(loaded) + " with torch.load(weights_only=True)"
+
+
+def _test_signal(sr: int, seconds: float = 1.0, channels: int = 1):
+    """A sung-like test tone: 220 Hz with vibrato and harmonics, a little noise."""
+    import numpy as np
+
+    t = np.arange(int(sr * seconds)) / sr
+    f0 = 220.0 * 2 ** (0.3 * np.sin(2 * np.pi * 5 * t) / 12)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(0.3 / k * np.sin(k * phase) for k in range(1, 8))
+    x = x + 0.003 * np.random.default_rng(0).standard_normal(len(t))
+    x = x.astype(np.float32)
+    return np.stack([x] * channels) if channels > 1 else x
+
+
+def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> str:
+    import tempfile
+    import time
+
+    from inference.context import StageContext
+    from inference.registry import get_engine
+
+    sr = 44100
+    with tempfile.TemporaryDirectory(prefix="cover-model-test-") as tmp:
+        if model.engine == E.RVC:
+            from inference.engines.base import ConversionParams
+
+            t0 = time.perf_counter()
+            engine = get_engine("converter", "rvc", **rvc_engine_options())
+            t1 = time.perf_counter()
+            voice = _test_signal(sr)
+            params = ConversionParams(model_files=rvc_model_files(model, paths),
+                                      engine_params=dict(model.engine_defaults or {}))
+            out = engine.convert(voice, sr, voice, sr, params, StageContext(stage="infer", workdir=Path(tmp)))
+            t2 = time.perf_counter()
+            what = f"converted 1 s of a test tone with {paths['model_file'].name}"
+        else:
+            t0 = time.perf_counter()
+            engine = get_engine("separator", "uvr", **uvr_engine_options(model, paths))
+            t1 = time.perf_counter()
+            song = _test_signal(sr, channels=2)
+            out = engine.separate(song, sr, StageContext(stage="separate", workdir=Path(tmp)))[0]
+            t2 = time.perf_counter()
+            what = f"separated 1 s of a test tone with {paths['model_file'].name}"
+    import numpy as np
+
+    if not np.all(np.isfinite(np.asarray(out))):
+        raise ValueError(f"{paths['model_file'].name} produced invalid samples (NaN/inf)")
+    _TEST_SECONDS[model.pk] = t2 - t1
+    device = getattr(engine, "device", "cpu")
+    return (f"{what} in {t2 - t1:.2f} s on {device} (engine ready in {t1 - t0:.2f} s); "
+            f"{model.kind or model.engine} {model.version} {model.sample_rate or ''}".strip())
+
+
+_TEST_SECONDS: dict[int, float] = {}
+
+
+def rvc_engine_options() -> dict:
+    """The worker-wide resources of the rvc converter (settings): the content encoder, RMVPE when
+    its file exists, the LRU size."""
+    enc = Path(settings.COVER_RVC_CONTENT_ENCODER).expanduser() if settings.COVER_RVC_CONTENT_ENCODER else None
+    rmvpe = Path(settings.COVER_RVC_RMVPE).expanduser() if settings.COVER_RVC_RMVPE else None
+    return {"content_encoder": str(enc) if enc else "", "rmvpe": str(rmvpe) if rmvpe and rmvpe.exists() else None,
+            "cache_size": int(settings.COVER_RVC_CACHE_SIZE), "device": settings.COVER_DEVICE or None}
+
+
+def rvc_model_files(model: VoiceModel, paths: dict[str, Path] | None = None) -> dict:
+    paths = paths if paths is not None else voice_model_validate(model=model, load_weights=False)
+    files = {"model": str(paths["model_file"])}
+    if "index_file" in paths:
+        files["index"] = str(paths["index_file"])
+    return files
+
+
+def uvr_engine_options(model: VoiceModel | None = None, paths: dict[str, Path] | None = None) -> dict:
+    """Constructor options of the uvr separator for a registered model (its file), or for the
+    inherited COVER_UVR_MODEL in COVER_UVR_MODEL_DIR when ``model`` is None."""
+    opts = {"model_dir": str(Path(settings.COVER_UVR_MODEL_DIR).expanduser())}
+    if settings.COVER_DEVICE:
+        opts["device"] = settings.COVER_DEVICE
+    if model is None:
+        opts["model"] = settings.COVER_UVR_MODEL or ""
+        return opts
+    paths = paths if paths is not None else voice_model_validate(model=model, load_weights=False)
+    opts["model"] = str(paths["model_file"])
+    if "config_file" in paths:
+        opts["config"] = str(paths["config_file"])
+    return opts
 
 
 def run_voice_model_test(model_pk: int) -> str:
@@ -242,6 +448,7 @@ def run_voice_model_test(model_pk: int) -> str:
         model = VoiceModel.objects.filter(pk=model_pk).first()
         if model is None:
             return "deleted"
+        _TEST_SECONDS.pop(model.pk, None)
         try:
             message, ok = voice_model_test_load(model=model), True
         except ModelInvalid as exc:
@@ -250,7 +457,8 @@ def run_voice_model_test(model_pk: int) -> str:
             log.warning("test load of %s failed: %s", model.model_id, exc)
             message, ok = f"{exc.__class__.__name__}: {str(exc)[:500]}", False
         VoiceModel.objects.filter(pk=model_pk).update(last_test_at=timezone.now(), last_test_ok=ok,
-                                                      last_test_message=message[:2000])
+                                                      last_test_message=message[:2000],
+                                                      last_test_seconds=_TEST_SECONDS.pop(model.pk, None))
         return "ok" if ok else "failed"
     finally:
         close_old_connections()
@@ -285,6 +493,9 @@ def voice_model_for_request(model_id: str | None) -> JobModel:
         if not model.enabled:
             raise InvalidParameter(f"model_id: the model {mid!r} is disabled", field="model_id",
                                    code="model_disabled")
+        if model.step != VoiceModel.Step.VOICE:
+            raise InvalidParameter(f"model_id: {mid!r} is a separator model ({model.kind}, step {model.step}); "
+                                   f"name it as {_STEP_FIELD[model.step]}", field="model_id", code="wrong_model_kind")
         return _job_model(model)
     root = settings.GPT_SOVITS_PROJECT_ROOT
     if root:
@@ -304,7 +515,115 @@ def voice_model_for_request(model_id: str | None) -> JobModel:
 def _job_model(model: VoiceModel) -> JobModel:
     return JobModel(model_id=model.model_id, engine=model.engine, registered=True, defaults={
         "pitch_shift": float(model.default_pitch_shift), "auto_pitch": bool(model.default_auto_pitch),
-        "reverb": float(model.default_reverb)})
+        "reverb": float(model.default_reverb), "engine_params": dict(model.engine_defaults or {})})
+
+
+_STEP_FIELD = {"separate": "separator_model", "karaoke": "karaoke_model", "dereverb": "dereverb_model",
+               "voice": "model_id"}
+
+
+def separator_model_for_request(model_id: str | None, *, step: str) -> str | None:
+    """A job's separator_model / karaoke_model / dereverb_model: an enabled, registered UVR-family
+    model serving ``step``; None when not given; InvalidParameter naming the field otherwise."""
+    mid = (model_id or "").strip() or None
+    if mid is None:
+        return None
+    field_name = _STEP_FIELD[step]
+    model = VoiceModel.objects.filter(model_id=mid).first()
+    if model is None or model.engine != E.UVR:
+        names = ", ".join(VoiceModel.objects.filter(enabled=True, step=step).values_list("model_id", flat=True)[:20])
+        raise InvalidParameter(f"{field_name}: no registered separator model {mid!r} "
+                               f"(available for {step}: {names or 'none registered'})", field=field_name,
+                               code="unknown_model")
+    if not model.enabled:
+        raise InvalidParameter(f"{field_name}: the model {mid!r} is disabled", field=field_name,
+                               code="model_disabled")
+    if model.step != step:
+        raise InvalidParameter(f"{field_name}: {mid!r} is registered for step {model.step!r}, not {step!r}",
+                               field=field_name, code="wrong_model_kind")
+    return model.model_id
+
+
+def model_needs(model: VoiceModel) -> list[dict]:
+    """What else a registered model needs at run time, and whether it is in place (GET models)."""
+    out = []
+    if model.engine == E.RVC:
+        enc = settings.COVER_RVC_CONTENT_ENCODER
+        out.append({"what": "content encoder (HuBERT-base / ContentVec)", "setting": "COVER_RVC_CONTENT_ENCODER",
+                    "required": True, "present": bool(enc) and Path(enc).expanduser().exists()})
+        rmvpe = settings.COVER_RVC_RMVPE
+        out.append({"what": "RMVPE pitch model (else the bundled tracker)", "setting": "COVER_RVC_RMVPE",
+                    "required": False, "present": bool(rmvpe) and Path(rmvpe).expanduser().exists()})
+        out.append({"what": "feature index (.index)", "setting": "index_file", "required": False,
+                    "present": bool(model.index_file)})
+    elif model.engine == E.UVR:
+        if model.kind in ("uvr-vr", "mdx"):
+            name = "vr_model_data.json" if model.kind == "uvr-vr" else "mdx_model_data.json"
+            folder = Path(settings.COVER_UVR_MODEL_DIR).expanduser()
+            out.append({"what": f"model data ({name}, matched by the file's hash)", "setting": "COVER_UVR_MODEL_DIR",
+                        "required": True, "present": (folder / name).is_file()})
+        if model.kind in ("roformer", "mdxc"):
+            out.append({"what": "YAML config", "setting": "config_file", "required": True,
+                        "present": bool(model.config_file)})
+    elif model.engine in GPT_SOVITS_ENGINES:
+        out.append({"what": "GPT weights + SoVITS weights", "setting": "gpt_weights/sovits_weights",
+                    "required": True, "present": bool(model.gpt_weights and model.sovits_weights)})
+        if model.engine == E.GPT_SOVITS_API:
+            out.append({"what": "a running GPT-SoVITS api_v2 server", "setting": "GPT_SOVITS_API_URL",
+                        "required": True, "present": bool(settings.GPT_SOVITS_API_URL)})
+    return out
+
+
+def job_model_setup(parameters: dict) -> dict:
+    """For covers.jobs: the PipelineConfig pieces a job's registered models imply (read at run
+    time, so a model's files are resolved by the worker): ``engine_options``, ``model_files``,
+    ``converter_params``, ``separator``, ``separation_chain``. Raises PipelineError when a model
+    the job names has gone or its files are missing."""
+    from inference.errors import PipelineError
+
+    out: dict = {"engine_options": {}, "model_files": {}, "converter_params": dict(parameters.get("engine_params") or {})}
+
+    def row(mid: str, stage: str) -> tuple[VoiceModel, dict[str, Path]]:
+        model = VoiceModel.objects.filter(model_id=mid).first()
+        if model is None:
+            raise PipelineError(stage, f"the model {mid!r} is no longer registered", code="model_not_found")
+        try:
+            return model, voice_model_validate(model=model, load_weights=False)
+        except ModelInvalid as exc:
+            raise PipelineError(stage, f"model {mid}: " + "; ".join(exc.errors.values()),
+                                code="model_not_found") from None
+
+    converter = parameters.get("converter")
+    mid = parameters.get("model_id")
+    if converter == E.RVC:
+        if not mid:
+            raise PipelineError("infer", "the rvc converter needs a registered RVC voice (model_id)",
+                                code="model_not_found")
+        model, paths = row(mid, "infer")
+        if model.engine != E.RVC:
+            raise PipelineError("infer", f"model {mid} is not an RVC voice ({model.kind or model.engine})",
+                                code="invalid_model")
+        out["engine_options"]["rvc"] = rvc_engine_options()
+        out["model_files"] = rvc_model_files(model, paths)
+    if parameters.get("stems"):   # the client's own stems: nothing is separated
+        return out
+    sep_mid = parameters.get("separator_model")
+    if sep_mid:
+        model, paths = row(sep_mid, "separate")
+        out["separator"] = "uvr"
+        out["engine_options"]["uvr"] = uvr_engine_options(model, paths)
+    elif parameters.get("separator") == "uvr":
+        out["engine_options"]["uvr"] = uvr_engine_options(None)
+    chain: dict = {}
+    for step in ("karaoke", "dereverb"):
+        step_mid = parameters.get(f"{step}_model")
+        if step_mid:
+            model, paths = row(step_mid, "separate")
+            chain[step] = {"engine": "uvr", "options": uvr_engine_options(model, paths)}
+    if chain:
+        chain["convert_backing"] = bool(parameters.get("convert_backing"))
+        out["separation_chain"] = chain
+    return out
 
 
 def voice_model_engine_options(*, model_id: str | None, converter: str) -> dict:

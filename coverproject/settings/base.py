@@ -203,6 +203,17 @@ COVER_MAX_UPLOAD_MB = env.float("COVER_MAX_UPLOAD_MB", default=50)  # per file
 COVER_PROBE_ISOLATED = env.bool("COVER_PROBE_ISOLATED", default=True)
 COVER_PROBE_TIMEOUT_SECONDS = env.float("COVER_PROBE_TIMEOUT_SECONDS", default=10.0)
 COVER_PROBE_MEMORY_MB = env.int("COVER_PROBE_MEMORY_MB", default=1024)
+# The worker decodes each job's inputs the same way (inference.audio.decode_isolated): a decoder
+# crash fails the job (corrupt_audio), never the worker; limits cover the header and the decode.
+COVER_DECODE_ISOLATED = env.bool("COVER_DECODE_ISOLATED", default=True)
+COVER_DECODE_TIMEOUT_SECONDS = env.float("COVER_DECODE_TIMEOUT_SECONDS", default=120.0)
+COVER_DECODE_MEMORY_MB = env.int("COVER_DECODE_MEMORY_MB", default=4096)
+# Limits a new API key starts with (create_api_key, the admin's add form); staff change them per
+# key in the admin (an empty field there means no limit beyond the service's).
+COVER_KEY_DEFAULT_MAX_CONCURRENT = env.int("COVER_KEY_DEFAULT_MAX_CONCURRENT", default=4)
+COVER_KEY_DEFAULT_JOBS_PER_DAY = env.int("COVER_KEY_DEFAULT_JOBS_PER_DAY", default=200)
+COVER_KEY_DEFAULT_MAX_UPLOAD_MB = env.float("COVER_KEY_DEFAULT_MAX_UPLOAD_MB", default=50)
+COVER_KEY_DEFAULT_MAX_SONG_SECONDS = env.float("COVER_KEY_DEFAULT_MAX_SONG_SECONDS", default=600)
 COVER_MAX_SONG_SECONDS = env.float("COVER_MAX_SONG_SECONDS", default=600)
 COVER_MIN_SONG_SECONDS = env.float("COVER_MIN_SONG_SECONDS", default=1)
 COVER_MIN_REFERENCE_SECONDS = env.float("COVER_MIN_REFERENCE_SECONDS", default=3)
@@ -263,6 +274,16 @@ LOGGING = {
 # inside COVER_MODELS_ROOT, GPT_SOVITS_PROJECT_ROOT or one of COVER_MODELS_ALLOWED_ROOTS.
 COVER_MODELS_ROOT = Path(env("COVER_MODELS_ROOT", default=str(VAR_DIR / "models")))
 COVER_MODELS_ALLOWED_ROOTS = env.list("COVER_MODELS_ALLOWED_ROOTS", default=[])
+# RVC voices (engine "rvc"): the content encoder every voice shares (the community's fairseq
+# hubert_base.pt, a ContentVec .pt, or a transformers folder), RMVPE for pitch when its file exists
+# (otherwise the bundled tracker), and how many voice models a worker keeps loaded (LRU).
+COVER_RVC_CONTENT_ENCODER = env("COVER_RVC_CONTENT_ENCODER", default=str(COVER_MODELS_ROOT / "hubert_base.pt"))
+COVER_RVC_RMVPE = env("COVER_RVC_RMVPE", default=str(COVER_MODELS_ROOT / "rmvpe.pt"))
+COVER_RVC_CACHE_SIZE = env.int("COVER_RVC_CACHE_SIZE", default=2)
+# UVR-family separators (engine "uvr", python-audio-separator): the folder holding COVER_UVR_MODEL
+# and the model-data files (vr_model_data.json, mdx_model_data.json, YAML configs). Nothing is
+# ever downloaded: a missing file is an error naming it.
+COVER_UVR_MODEL_DIR = Path(env("COVER_UVR_MODEL_DIR", default=str(COVER_MODELS_ROOT / "uvr")))
 # The cleanup job re-schedules itself through RQ's scheduler every this many seconds; the cover
 # worker runs that scheduler itself (COVER_WORKER_WITH_SCHEDULER), so no system cron is needed.
 COVER_CLEANUP_INTERVAL_SECONDS = env.int("COVER_CLEANUP_INTERVAL_SECONDS", default=600)
@@ -283,6 +304,8 @@ COVER_QUALITY_REPORT = env.bool("COVER_QUALITY_REPORT", default=True)
 # --- webhooks (covers.webhooks) ---
 # Allow webhook URLs on private/loopback/link-local addresses (tests, trusted networks only).
 COVER_WEBHOOK_ALLOW_PRIVATE = env.bool("COVER_WEBHOOK_ALLOW_PRIVATE", default=False)
+# Ports a webhook URL may name (comma list; "*" = any). Others are refused at creation.
+COVER_WEBHOOK_ALLOWED_PORTS = env.list("COVER_WEBHOOK_ALLOWED_PORTS", default=["80", "443"])
 COVER_WEBHOOK_TIMEOUT_SECONDS = env.float("COVER_WEBHOOK_TIMEOUT_SECONDS", default=10)
 COVER_WEBHOOK_PROGRESS_INTERVAL = env.float("COVER_WEBHOOK_PROGRESS_INTERVAL", default=0.5)
 COVER_WEBHOOK_RETRY_BASE_SECONDS = env.float("COVER_WEBHOOK_RETRY_BASE_SECONDS", default=10)

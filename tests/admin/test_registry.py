@@ -21,7 +21,8 @@ MODELS = "/api/v1/cover/models"
 
 
 def form(**fields) -> dict:
-    data = {"model_id": "alto", "name": "Alto", "engine": "gpt-sovits-api", "enabled": "on",
+    data = {"model_id": "alto", "name": "Alto", "engine": "gpt-sovits-api", "enabled": "on", "step": "voice",
+            "engine_defaults": "{}",
             "gpt_weights": "alto/alto-e15.ckpt", "sovits_weights": "alto/alto_e8_s200.pth",
             "reference_audio": "", "reference_text": "", "default_pitch_shift": "0", "default_reverb": "0"}
     data.update(fields)
@@ -154,8 +155,11 @@ def test_models_endpoint_lists_enabled_models(client, models_root):
     assert client.get(MODELS).status_code == 401
     body = client.get(MODELS, HTTP_X_API_KEY=raw).json()["results"]
     assert [m["model_id"] for m in body] == ["alto", "plain"]  # default first
-    assert body[0] == {"model_id": "alto", "name": "Alto", "engine": "gpt-sovits-api", "is_default": True,
-                       "defaults": {"pitch_shift": -3.0, "auto_pitch": False, "reverb": 0.2}}
+    first = {k: body[0][k] for k in ("model_id", "name", "engine", "is_default", "defaults", "step", "use_as")}
+    assert first == {"model_id": "alto", "name": "Alto", "engine": "gpt-sovits-api", "is_default": True,
+                     "defaults": {"pitch_shift": -3.0, "auto_pitch": False, "reverb": 0.2},
+                     "step": "voice", "use_as": "model_id"}
+    assert {n["setting"] for n in body[0]["needs"]} == {"gpt_weights/sovits_weights", "GPT_SOVITS_API_URL"}
     assert body[1]["defaults"]["auto_pitch"] is True and body[1]["is_default"] is False
 
 
