@@ -178,7 +178,15 @@ def _read_facts(model: VoiceModel, paths: dict[str, Path], errors: dict[str, str
         if model.is_default:
             errors["is_default"] = "only a voice model can be the default model"
         if facts.kind in ("roformer", "mdxc") and "config_file" not in paths:
-            errors["config_file"] = f"a {facts.kind} checkpoint needs its YAML config (config_file)"
+            from inference.model_files import sibling_config
+
+            beside = sibling_config(paths["model_file"])
+            if beside is not None:
+                paths["config_file"] = beside
+                model.config_file = str(beside)
+            else:
+                errors["config_file"] = (f"a {facts.kind} checkpoint needs its YAML config: name it as config_file "
+                                         f"or put {paths['model_file'].stem}.yaml beside the checkpoint")
     if "index_file" in paths:
         if facts.kind != "rvc":
             errors["index_file"] = "only RVC voices take an .index file"

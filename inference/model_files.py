@@ -209,9 +209,19 @@ def _inspect_folder(p: Path) -> ModelFacts:
                       sample_rate=16000, version="transformers", details=info)
 
 
+def sibling_config(path: str | Path) -> Path | None:
+    """The YAML beside a checkpoint with the same stem (how UVR keeps Roformer/MDX23C configs)."""
+    p = Path(path)
+    for suffix in (".yaml", ".yml"):
+        if (cand := p.with_suffix(suffix)).is_file():
+            return cand
+    return None
+
+
 def _inspect_ckpt_with_yaml(p: Path, sha: str, kind: str, config, names) -> ModelFacts:
     details: dict[str, Any] = {"tensors": len(names)}
     sr = None
+    config = config if config is not None else sibling_config(p)
     if config is not None:
         cfg = _read_yaml(Path(config))
         arch = _yaml_arch(cfg)
@@ -228,8 +238,12 @@ def _read_yaml(path: Path) -> dict:
 
     if not path.is_file():
         raise ModelFileError(f"the YAML config {path.name} does not exist")
+    class Loader(yaml.SafeLoader):
+        """Safe YAML plus the ``!!python/tuple`` tag the published Roformer configs use."""
+
+    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda ld, node: tuple(ld.construct_sequence(node)))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 (a SafeLoader)
     except Exception as exc:
         raise ModelFileError(f"{path.name} is not valid YAML ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
