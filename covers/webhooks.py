@@ -14,9 +14,14 @@
   COVER_WEBHOOK_RETRY_MAX_SECONDS) until COVER_WEBHOOK_RETRY_HOURS after the first attempt.
   The cover worker listens to that queue too (after its own), and RQ's scheduler runs in it.
 - Every attempt is a WebhookDelivery row (admin).
-- SSRF: only http(s); hosts resolving to private, loopback, link-local, reserved or multicast
-  addresses are refused at creation and again at each delivery, unless
-  COVER_WEBHOOK_ALLOW_PRIVATE.
+- SSRF: only http(s), ports 80/443 unless listed in COVER_WEBHOOK_ALLOWED_PORTS, no control
+  characters (raw or percent-encoded: no CR/LF header injection); hosts resolving to private,
+  loopback, link-local, reserved or multicast addresses are refused at creation and again at each
+  delivery, unless COVER_WEBHOOK_ALLOW_PRIVATE, and so are IPv6 addresses that carry such an IPv4
+  address (IPv4-mapped/-compatible, 6to4, NAT64, Teredo). Each delivery resolves the host once,
+  checks the addresses and connects to the checked address (the URL's host stays in the Host
+  header, TLS SNI and the certificate check): a DNS answer that changes between the check and the
+  connection (DNS rebinding) is never used. Proxy variables from the environment are ignored.
 """
 from __future__ import annotations
 
@@ -28,10 +33,11 @@ import json
 import logging
 import socket
 import time
+import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -51,17 +57,64 @@ _pool: ThreadPoolExecutor | None = None
 # --------------------------------------------------------------------------------------------
 # URL checks (SSRF)
 # --------------------------------------------------------------------------------------------
+# IPv6 ranges that carry an IPv4 address, and where it sits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")          # RFC 6052 well-known prefix: last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use translation: never global
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")         # deprecated IPv4-compatible (also :: and ::1)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: IPv4-mapped, IPv4-compatible, 6to4, NAT64,
+    Teredo (server and client)."""
+    out = []
+    if addr.ipv4_mapped is not None:
+        out.append(addr.ipv4_mapped)
+    if addr.sixtofour is not None:
+        out.append(addr.sixtofour)
+    if addr.teredo is not None:
+        out.extend(addr.teredo)
+    if addr in _NAT64 or addr in _V4_COMPATIBLE:
+        out.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return out
+
+
 def _address_refused(ip: str) -> bool:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _NAT64_LOCAL or addr in _V4_COMPATIBLE or addr.teredo is not None:
+            return True  # translation prefixes that only lead somewhere local (or nowhere)
+        if any(_address_refused(str(v4)) for v4 in _embedded_ipv4(addr)):
+            return True
+        if addr.ipv4_mapped is not None:
+            return False  # judged by its IPv4 address just above
     return (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
             or addr.is_multicast or addr.is_unspecified or not addr.is_global)
 
 
-def webhook_check_url(url: str, *, field: str = "webhook_url") -> str:
-    """The URL if a webhook may be sent to it; InvalidParameter (400 naming ``field``) if not."""
-    url = (url or "").strip()
+def _has_control_chars(text: str, *, spaces: bool) -> bool:
+    """Control, format or line/paragraph separator characters (CR/LF would split the request line
+    or a header), and with ``spaces`` any space (a raw URL has none; an encoded one is data)."""
+    bad = ("Cc", "Cf", "Zl", "Zp", "Zs") if spaces else ("Cc", "Cf", "Zl", "Zp")
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F or (spaces and ch == " ") or unicodedata.category(ch) in bad
+               for ch in text)
+
+
+def _port_allowed(port: int) -> bool:
+    allowed = [str(p).strip() for p in settings.COVER_WEBHOOK_ALLOWED_PORTS]
+    return "*" in allowed or str(port) in allowed
+
+
+def _parse(url: str, field: str):
+    """(parts, port) of a URL that passes the static checks; InvalidParameter otherwise."""
+    if not isinstance(url, str) or not url:
+        raise InvalidParameter(f"{field} is not a valid URL", field=field)
+    try:
+        decoded = unquote(url, errors="strict")
+    except UnicodeDecodeError:
+        decoded = unquote(url)  # invalid UTF-8 after decoding: still look for control bytes
+    if _has_control_chars(url, spaces=True) or _has_control_chars(decoded, spaces=False):
+        raise InvalidParameter(f"{field} must not contain spaces or control characters (such as CR/LF), "
+                               f"raw or percent-encoded", field=field)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -69,20 +122,89 @@ def webhook_check_url(url: str, *, field: str = "webhook_url") -> str:
         raise InvalidParameter(f"{field} is not a valid URL", field=field) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidParameter(f"{field} must be an http:// or https:// URL", field=field)
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:
         raise InvalidParameter(f"{field} must not contain credentials", field=field)
-    if settings.COVER_WEBHOOK_ALLOW_PRIVATE:
-        return url
+    port = port if port is not None else (443 if parts.scheme == "https" else 80)
+    if not _port_allowed(port):
+        raise InvalidParameter(f"{field}: port {port} is not allowed (80 and 443 only, unless listed in "
+                               f"COVER_WEBHOOK_ALLOWED_PORTS)", field=field)
+    return parts, port
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """The host's addresses, in getaddrinfo's order (one lookup)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _checked_addresses(parts, port: int, field: str) -> list[str]:
+    """Resolve once and check every address (unless COVER_WEBHOOK_ALLOW_PRIVATE)."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
+        addresses = _resolve(parts.hostname, port)
+    except (socket.gaierror, UnicodeError, OSError):
         raise InvalidParameter(f"{field}: the host {parts.hostname!r} does not resolve", field=field) from None
-    for info in infos:
-        if _address_refused(info[4][0]):
-            raise InvalidParameter(f"{field} points to a private, loopback or link-local address "
-                                   f"({info[4][0]}); webhooks go to public hosts only", field=field)
+    if not addresses:
+        raise InvalidParameter(f"{field}: the host {parts.hostname!r} does not resolve", field=field)
+    if not settings.COVER_WEBHOOK_ALLOW_PRIVATE:
+        for ip in addresses:
+            if _address_refused(ip):
+                raise InvalidParameter(f"{field} points to a private, loopback or link-local address "
+                                       f"({ip}); webhooks go to public hosts only", field=field)
+    return addresses
+
+
+def webhook_check_url(url: str, *, field: str = "webhook_url") -> str:
+    """The URL if a webhook may be sent to it; InvalidParameter (400 naming ``field``) if not."""
+    url = url.strip(" ") if isinstance(url, str) else url
+    parts, port = _parse(url, field)
+    if not settings.COVER_WEBHOOK_ALLOW_PRIVATE:
+        _checked_addresses(parts, port, field)
     return url
+
+
+# --------------------------------------------------------------------------------------------
+# delivery to the checked address (no second DNS lookup)
+# --------------------------------------------------------------------------------------------
+# What TLS verification uses (True: the system's CA store); tests point it at their own CA.
+TLS_VERIFY: bool | str = True
+
+
+def _pinned_post(url: str, *, data: bytes, headers: dict, timeout: float):
+    """POST ``url`` after one DNS lookup whose addresses were checked, connecting to the first
+    checked address. The request line keeps the URL's path; the Host header, TLS SNI and the
+    certificate's hostname check use the URL's host."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    parts, port = _parse(url, "webhook_url")
+    ip = _checked_addresses(parts, port, "webhook_url")[0]
+    host = parts.hostname
+    ascii_host = host if _is_ip(host) else host.encode("idna").decode("ascii")
+    default_port = 443 if parts.scheme == "https" else 80
+    host_header = (f"[{ascii_host}]" if ":" in ascii_host else ascii_host) + ("" if port == default_port else f":{port}")
+    netloc_ip = f"[{ip.split('%', 1)[0]}]" if ":" in ip else ip
+    target = f"{parts.scheme}://{netloc_ip}:{port}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+
+    class _Pinned(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            if parts.scheme == "https":
+                kwargs["server_hostname"] = ascii_host   # SNI
+                kwargs["assert_hostname"] = ascii_host   # the certificate must name the URL's host
+            super().init_poolmanager(*args, **kwargs)
+
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy from the environment: the checked address is the peer
+        session.mount(f"{parts.scheme}://", _Pinned(max_retries=0))
+        return session.post(target, data=data, headers={**headers, "Host": host_header}, timeout=timeout,
+                            allow_redirects=False, verify=TLS_VERIFY)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def webhook_check_events(events) -> list[str]:
@@ -177,8 +299,6 @@ def retry_delay(attempt: int) -> float:
 def webhook_attempt(job_id: str, event: str, message_id: str, body: str, attempt: int, first_at: float) -> int | None:
     """One delivery attempt (first one in a thread, retries as RQ jobs): POST, record, and
     schedule the next attempt on failure. Returns the HTTP status (None: no answer)."""
-    import requests
-
     from .models import CoverJob, WebhookDelivery
 
     job = CoverJob.objects.select_related("owner").filter(pk=job_id).first()
@@ -190,14 +310,14 @@ def webhook_attempt(job_id: str, event: str, message_id: str, body: str, attempt
     error = ""
     t0 = time.monotonic()
     try:
-        webhook_check_url(url)  # DNS may have changed since the job was created
         ts = int(time.time())
         data = body.encode()
         headers = {"Content-Type": "application/json", "User-Agent": "cover-webhooks/1",
                    "Webhook-Id": message_id, "Webhook-Timestamp": str(ts),
                    "Webhook-Signature": sign(secret, message_id, ts, data), "Webhook-Event": event}
-        resp = requests.post(url, data=data, headers=headers, timeout=settings.COVER_WEBHOOK_TIMEOUT_SECONDS,
-                             allow_redirects=False)
+        # checks the URL again (DNS may have changed since the job was created) and connects to
+        # the address it checked
+        resp = _pinned_post(url, data=data, headers=headers, timeout=settings.COVER_WEBHOOK_TIMEOUT_SECONDS)
         status = resp.status_code
         if not 200 <= status < 300:
             error = f"HTTP {status}"

@@ -105,6 +105,7 @@ def receiver():
 @pytest.fixture
 def webhook_settings(settings):
     settings.COVER_WEBHOOK_ALLOW_PRIVATE = True
+    settings.COVER_WEBHOOK_ALLOWED_PORTS = ["*"]  # the local receivers listen on a free port
     settings.COVER_WEBHOOK_RETRY_BASE_SECONDS = 1
     settings.COVER_WEBHOOK_PROGRESS_INTERVAL = 0.5
     return settings
@@ -222,10 +223,11 @@ def test_webhook_url_refused(url, settings):
 def test_ssrf_refused_at_create_and_unknown_events(client, api_key, song_bytes, ref_bytes, settings):
     settings.COVER_WEBHOOK_ALLOW_PRIVATE = False
     _, raw = api_key
-    resp = post(client, raw, **song_fields(song_bytes, ref_bytes, webhook_url="http://127.0.0.1:9/hook"))
+    resp = post(client, raw, **song_fields(song_bytes, ref_bytes, webhook_url="http://127.0.0.1/hook"))
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "webhook_url"
     assert "private" in resp.json()["error"]["message"]
     settings.COVER_WEBHOOK_ALLOW_PRIVATE = True
+    settings.COVER_WEBHOOK_ALLOWED_PORTS = ["9"]
     resp = post(client, raw, **song_fields(song_bytes, ref_bytes, webhook_url="http://127.0.0.1:9/hook",
                                            webhook_events="start,finished"))
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "webhook_events"
