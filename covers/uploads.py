@@ -1,5 +1,5 @@
 """Cheap checks of uploaded audio before anything is queued: size, then the container header
-read by content (inference.audio.probe: no full decode)."""
+read by content (inference.audio.probe: no full decode, unless the header gives no length)."""
 from __future__ import annotations
 
 import os
@@ -61,15 +61,18 @@ def check_size(field: str, upload, limits: UploadLimits) -> None:
 PROBE_TARGET = None  # None: inference.audio.probe
 
 
-def _probe(path: str, field: str):
+def _probe(path: str, field: str, max_seconds: float):
     """The header, read in a child process when COVER_PROBE_ISOLATED (default): a decoder crash or
-    hang on a hostile file ends the child (422), never the web process."""
+    hang on a hostile file ends the child (422), never the web process. A file whose header gives
+    no length (a piped FLAC, WAV, MP3, ADTS...) is measured by decoding it, up to just over
+    ``max_seconds`` (so a file decoding to hours fails as fast as a long song)."""
     from inference import audio
 
     if not settings.COVER_PROBE_ISOLATED:
-        return (PROBE_TARGET or audio.probe)(path, field)
+        return (PROBE_TARGET or audio.probe)(path, field, max_seconds=max_seconds)
     return audio.probe_isolated(path, field, timeout=settings.COVER_PROBE_TIMEOUT_SECONDS,
-                                memory_mb=settings.COVER_PROBE_MEMORY_MB, target=PROBE_TARGET)
+                                memory_mb=settings.COVER_PROBE_MEMORY_MB, target=PROBE_TARGET,
+                                max_seconds=max_seconds)
 
 
 def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool = False) -> dict:
@@ -77,10 +80,12 @@ def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool 
     from inference.errors import InputError
 
     check_size(field, upload, limits)
+    lo, hi = ((limits.min_reference_seconds, limits.max_reference_seconds) if reference
+              else (limits.min_song_seconds, limits.max_song_seconds))
     path, tmp = _local_path(upload)
     try:
         try:
-            info = _probe(path, field)
+            info = _probe(path, field, hi)
         except InputError as exc:
             if exc.code in _UNPROCESSABLE:  # audio, but unusable (truncated, empty): 422
                 raise UnprocessableAudio(_msg(field, exc.message), field=field, code=exc.code) from None
@@ -98,8 +103,6 @@ def inspect_upload(field: str, upload, limits: UploadLimits, *, reference: bool 
     if info.channels > limits.max_channels:
         raise UnprocessableAudio(f"{field} has {info.channels} channels; at most {limits.max_channels} accepted",
                                  field=field, code="bad_channels")
-    lo, hi = ((limits.min_reference_seconds, limits.max_reference_seconds) if reference
-              else (limits.min_song_seconds, limits.max_song_seconds))
     if info.duration <= 0:
         raise UnprocessableAudio(f"{field} contains no audio (zero length)", field=field, code="empty_audio")
     if info.duration < lo:

@@ -12,6 +12,8 @@
   on every reconcile tick if Redis lost it). No system cron is needed.
 - Per-stage time limits (COVER_STAGE_TIMEOUTS): the same thread fails a job whose stage runs
   over its limit and exits the process, so even a hang in native code ends (see _watch_stage).
+- Job inputs are decoded in a child process with limits (isolate_decoding): a decoder crash fails
+  the job (corrupt_audio), not the worker.
 - A shorter started-registry TTL than SimpleWorker's (job_timeout + 60 s), so RQ itself notices
   a dead worker quickly too.
 """
@@ -29,6 +31,23 @@ from rq.worker import SimpleWorker
 
 log = logging.getLogger(__name__)
 STAGE_TIMEOUT_EXIT_CODE = 70  # the worker exits with this after its stage watchdog fired
+# What decodes a job's inputs in the child process (tests swap in a decoder that crashes; it must
+# be importable by name). None: inference.audio.decode_to_file.
+DECODE_TARGET = None
+
+
+def isolate_decoding() -> None:
+    """With COVER_DECODE_ISOLATED (default), this process decodes job inputs in a child process
+    with COVER_DECODE_TIMEOUT_SECONDS / COVER_DECODE_MEMORY_MB (the way the web process probes
+    uploads): a decoder that crashes, hangs or allocates without bound on a hostile file fails
+    that job with corrupt_audio, and the worker goes on with the next one."""
+    from inference import audio
+
+    if not settings.COVER_DECODE_ISOLATED:
+        audio.isolate_decoding(None)
+        return
+    audio.isolate_decoding(audio.Isolation(timeout=float(settings.COVER_DECODE_TIMEOUT_SECONDS),
+                                           memory_mb=int(settings.COVER_DECODE_MEMORY_MB), target=DECODE_TARGET))
 
 
 class CoverWorker(SimpleWorker):
@@ -40,6 +59,7 @@ class CoverWorker(SimpleWorker):
         self._beat_thread: threading.Thread | None = None
         self._last_reconcile = 0.0
         self._stage_seen: tuple[str, str, float] | None = None  # (job id, stage, since) for the watchdog
+        isolate_decoding()
 
     def _add_webhook_queue(self) -> None:
         """Webhook retries (covers.webhooks, short jobs) run here too, after the cover queues."""

@@ -6,6 +6,7 @@ restricted to the ``file`` protocol so a playlist cannot make it open anything e
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,14 @@ def _short(exc: Exception) -> str:
     return msg[:160]
 
 
-def probe(path: Path | str, field: str = "song") -> AudioInfo:
-    """Read the header only: container, codec, rate, channels, duration. Cheap."""
+def probe(path: Path | str, field: str = "song", *, max_seconds: float | None = None) -> AudioInfo:
+    """Read the header: container, codec, rate, channels, duration. Cheap.
+
+    Some files carry no length (``ffmpeg ... -f flac -`` writes 0 samples, "unknown"; a piped WAV
+    has 0xFFFFFFFF sizes; an MP3 without a Xing/VBRI frame count, ADTS AAC and a piped Matroska
+    have none): with ``max_seconds`` given, such a file is decoded to measure it, up to just over
+    ``max_seconds`` (a file that decodes to hours still stops there: its duration is then
+    reported as over the limit). Without ``max_seconds`` an unknown length is 0."""
     container = _open(path, field)
     try:
         streams = [s for s in container.streams if s.type == "audio"]
@@ -78,11 +85,16 @@ def probe(path: Path | str, field: str = "song") -> AudioInfo:
         fmt, stream_bits = container.format.name, int(st.bit_rate or 0)
     finally:
         container.close()
+    declared = 0.0
     if fmt == "wav":
         riff = _riff_fmt(path)
         if riff and channels <= 0:
             channels = riff[0]  # FFmpeg gives up on absurd channel counts; the header still says it
         declared = _riff_declared_seconds(path) or 0.0
+    if max_seconds is not None and rate > 0 and _length_unknown(path, fmt, duration, declared):
+        duration = _decoded_seconds(path, field, max_seconds)
+        stream_bits = 0  # FFmpeg's bit rate was its guess too: no truncation check against it
+    if fmt == "wav":
         if declared > 0 and duration < 0.95 * declared - 0.25:
             raise InputError(field, f"{field} is truncated: its header declares {declared:.1f} s but the file "
                                     f"holds {duration:.1f} s", code="corrupt_audio")
@@ -93,6 +105,70 @@ def probe(path: Path | str, field: str = "song") -> AudioInfo:
             raise InputError(field, f"{field} is truncated: its header declares {duration:.1f} s but the file "
                                     f"is too short for that", code="corrupt_audio")
     return AudioInfo(fmt, codec, rate, channels, duration)
+
+
+def _length_unknown(path: Path | str, fmt: str, duration: float, riff_declared: float) -> bool:
+    """True when the file states no length of its own, and FFmpeg's figure is 0 or a guess from
+    the file size and the first frame's bit rate."""
+    if duration <= 0:
+        return True
+    if fmt == "wav":
+        return riff_declared <= 0         # streamed: 0 or 0xFFFFFFFF sizes (or not RIFF at all)
+    if fmt == "aac":
+        return True                       # ADTS frames carry no total
+    if fmt == "mp3":
+        return not _mp3_frame_count(path)
+    return False
+
+
+def _mp3_frame_count(path: Path | str) -> int:
+    """The frame count of an MP3's Xing/Info or VBRI header (0 when it has none: FFmpeg then
+    estimates the length from the size and the first frame's bit rate)."""
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(10)
+            skip = 0
+            if len(head) == 10 and head[:3] == b"ID3":  # ID3v2: syncsafe size, then the first frame
+                skip = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7
+                             | (head[9] & 0x7F))
+            fh.seek(skip)
+            block = fh.read(4096)
+    except OSError:
+        return 0
+    for tag in (b"Xing", b"Info"):
+        p = block.find(tag)
+        if p >= 0 and len(block) >= p + 12:
+            flags, frames = struct.unpack(">II", block[p + 4:p + 12])
+            if flags & 1:
+                return frames
+    p = block.find(b"VBRI")
+    if p >= 0 and len(block) >= p + 18:
+        return struct.unpack(">I", block[p + 14:p + 18])[0]
+    return 0
+
+
+def _decoded_seconds(path: Path | str, field: str, max_seconds: float) -> float:
+    """Seconds of audio in the first stream, counted by decoding (nothing kept); stops once past
+    ``max_seconds`` + 1 s, so a small file that decodes to hours costs no more than a long song."""
+    container = _open(path, field)
+    try:
+        stream = next(s for s in container.streams if s.type == "audio")
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        stop = (float(max_seconds) + 1.0) * rate
+        total = 0
+        try:
+            for frame in container.decode(stream):
+                total += int(frame.samples)
+                if total > stop:
+                    break
+        except Exception as exc:
+            log.info("measuring %s failed after %d samples: %s", field, total, exc)
+            raise InputError(field, f"{field} is corrupt or truncated: decoding failed after "
+                                    f"{total / max(rate, 1):.1f} s", code="corrupt_audio") from None
+        return total / rate if rate > 0 else 0.0
+    finally:
+        container.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +191,7 @@ def _probe_context():
     return _PROBE_CTX
 
 
-def _probe_child(conn, target, path: str, field: str, memory_mb: int) -> None:
+def _isolated_child(conn, target, args: tuple, kwargs: dict, field: str, memory_mb: int, what: str) -> None:
     import dataclasses
     import resource
 
@@ -123,12 +199,12 @@ def _probe_child(conn, target, path: str, field: str, memory_mb: int) -> None:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        info = target(path, field)
-        conn.send(("ok", dataclasses.asdict(info)))
+        out = target(*args, **kwargs)
+        conn.send(("ok", dataclasses.asdict(out) if dataclasses.is_dataclass(out) else out))
     except InputError as exc:
         conn.send(("input_error", exc.field, exc.message, exc.code))
     except MemoryError:
-        conn.send(("input_error", field, f"{field} could not be read: decoding its header needs more than "
+        conn.send(("input_error", field, f"{field} could not be read: {what} needs more than "
                                          f"{memory_mb} MB", "corrupt_audio"))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
         conn.send(("error", f"{exc.__class__.__name__}: {str(exc)[:200]}"))
@@ -136,16 +212,17 @@ def _probe_child(conn, target, path: str, field: str, memory_mb: int) -> None:
         conn.close()
 
 
-def probe_isolated(path: Path | str, field: str = "song", *, timeout: float = 10.0, memory_mb: int = 1024,
-                   target=None) -> AudioInfo:
-    """:func:`probe` in a child process with a time and memory limit. A child that dies (a
-    decoder crash: SIGSEGV, abort), runs out of time or fails unexpectedly is an
-    :class:`InputError` ``corrupt_audio`` naming ``field``; the caller keeps running.
-    ``target`` (default :func:`probe`) must be importable by name (it is sent to the child)."""
+def run_isolated(target, args: tuple, kwargs: dict | None = None, *, field: str, timeout: float,
+                 memory_mb: int, what: str = "decoding it"):
+    """``target(*args, **kwargs)`` in a child process (forked by the forkserver) with a time and
+    an address-space limit; its (picklable) result is returned, an :class:`InputError` it raises
+    is raised here. A child that dies (a decoder crash: SIGSEGV, abort), runs out of time or
+    memory, or fails unexpectedly is an :class:`InputError` ``corrupt_audio`` naming ``field``;
+    the caller keeps running. ``target`` must be importable by name (it is sent to the child)."""
     ctx = _probe_context()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_probe_child, args=(child, target or probe, str(path), field, int(memory_mb)),
-                       daemon=True)
+    proc = ctx.Process(target=_isolated_child, args=(child, target, tuple(args), dict(kwargs or {}), field,
+                                                     int(memory_mb), what), daemon=True)
     proc.start()
     child.close()
     answer, timed_out = None, False
@@ -167,20 +244,97 @@ def probe_isolated(path: Path | str, field: str = "song", *, timeout: float = 10
             import signal as _signal
 
             name = _signal.Signals(-proc.exitcode).name
-            log.warning("probing %s: the decoder died with %s", field, name)
+            log.warning("%s %s: the decoder died with %s", what, field, name)
             raise InputError(field, f"{field} could not be read: the decoder crashed on it ({name})",
                              code="corrupt_audio")
-        log.warning("probing %s: no answer within %.0f s", field, timeout)
-        raise InputError(field, f"{field} could not be read: reading its header took longer than "
-                                f"{timeout:g} s", code="corrupt_audio")
+        log.warning("%s %s: no answer within %.0f s", what, field, timeout)
+        raise InputError(field, f"{field} could not be read: {what} took longer than {timeout:g} s",
+                         code="corrupt_audio")
     kind, *rest = answer
     if kind == "ok":
-        return AudioInfo(**rest[0])
+        return rest[0]
     if kind == "input_error":
         which, message, code = rest
         raise InputError(which or field, message, code=code)
-    log.warning("probing %s failed in the child: %s", field, rest[0])
+    log.warning("%s %s failed in the child: %s", what, field, rest[0])
     raise InputError(field, f"{field} could not be read ({rest[0][:120]})", code="corrupt_audio")
+
+
+def probe_isolated(path: Path | str, field: str = "song", *, timeout: float = 10.0, memory_mb: int = 1024,
+                   target=None, max_seconds: float | None = None) -> AudioInfo:
+    """:func:`probe` in a child process with a time and memory limit (:func:`run_isolated`).
+    ``target`` (default :func:`probe`) must be importable by name (it is sent to the child);
+    ``max_seconds`` is passed on when given (a file of unknown length is measured by decoding)."""
+    kwargs = {"max_seconds": max_seconds} if max_seconds is not None else {}
+    out = run_isolated(target or probe, (str(path), field), kwargs, field=field, timeout=timeout,
+                       memory_mb=memory_mb, what="reading its header")
+    return AudioInfo(**out)
+
+
+# --------------------------------------------------------------------------------------------
+# decoding in a child process: what a worker opts into (isolate_decoding), so a decoder crash on
+# a hostile file fails the job (corrupt_audio) instead of ending the worker
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Isolation:
+    timeout: float = 120.0       # seconds for the header and the whole decode of one input
+    memory_mb: int = 4096        # address-space limit of the decoding child
+    target: object = None        # what runs in the child (default decode_to_file); importable by name
+
+
+_ISOLATION: Isolation | None = None
+
+
+def isolate_decoding(isolation: Isolation | None) -> None:
+    """Per process: from now on the preprocess stage probes and decodes every input in a child
+    process with these limits (:func:`decode_isolated`); ``None`` decodes in this process again."""
+    global _ISOLATION
+    _ISOLATION = isolation
+
+
+def decoding_isolation() -> Isolation | None:
+    return _ISOLATION
+
+
+def decode_to_file(path: str, field: str, *, max_seconds: float | None, out: str) -> dict:
+    """The child's side of :func:`decode_isolated`: :func:`probe` then :func:`decode`, the samples
+    written to ``out`` (.npy); answers the probe facts and the sample rate."""
+    import dataclasses
+
+    info = probe(path, field)
+    data, sr = decode(path, field, max_seconds=max_seconds)
+    with open(out, "wb") as fh:
+        np.save(fh, data, allow_pickle=False)
+    return {"info": dataclasses.asdict(info), "sample_rate": int(sr)}
+
+
+def decode_isolated(path: Path | str, field: str = "song", *, max_seconds: float | None, scratch: Path | str,
+                    isolation: Isolation | None = None) -> tuple[AudioInfo, np.ndarray, int]:
+    """:func:`probe` and :func:`decode` in a child process with the limits of ``isolation``
+    (default: the process's, else :class:`Isolation`'s defaults). The samples come back through a
+    file in ``scratch`` (removed here). Returns ``(header facts, (channels, samples) float32,
+    sample rate)``; a crash, hang or runaway allocation is :class:`InputError` ``corrupt_audio``."""
+    import tempfile
+
+    iso = isolation or _ISOLATION or Isolation()
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    fd, out = tempfile.mkstemp(prefix=f"{field}-", suffix=".npy", dir=scratch)
+    os.close(fd)
+    try:
+        got = run_isolated(iso.target or decode_to_file, (str(path), field),
+                           {"max_seconds": max_seconds, "out": out}, field=field, timeout=iso.timeout,
+                           memory_mb=iso.memory_mb, what="decoding it")
+        data = np.load(out, allow_pickle=False)
+    finally:
+        try:
+            os.unlink(out)
+        except OSError:
+            pass
+    if data.dtype != np.float32 or data.ndim != 2:
+        raise InputError(field, f"{field} could not be read (the decoder returned {data.dtype} {data.shape})",
+                         code="corrupt_audio")
+    return AudioInfo(**got["info"]), data, int(got["sample_rate"])
 
 
 def _header_seconds(container, stream) -> float:

@@ -42,28 +42,40 @@ class Preprocessed:
     reference_path: Path
 
 
-def _check_header(path, field: str, cfg: PipelineConfig, max_seconds: float) -> audio.AudioInfo:
-    info = audio.probe(path, field)
+def _check_header(info: audio.AudioInfo, field: str, cfg: PipelineConfig, max_seconds: float) -> audio.AudioInfo:
     lim = cfg.limits
     if info.sample_rate and not (lim.min_sample_rate <= info.sample_rate <= lim.max_sample_rate):
         raise InputError(field, f"{field} has a sample rate of {info.sample_rate} Hz; supported rates are "
                                 f"{lim.min_sample_rate}-{lim.max_sample_rate} Hz", code="unsupported_rate")
-    # Header durations can be estimates (MP3): refuse early only when clearly over.
+    # Header durations can be estimates (MP3) or 0 (unknown: a piped FLAC); the decode measures
+    # the real length (bounded by max_seconds). Refuse early only when clearly over.
     if info.duration > max_seconds * 1.1 + 1:
         raise InputError(field, f"{field} is {info.duration:.0f} s long; the limit is {max_seconds:g} s",
                          code="too_long")
     return info
 
 
-def _decode(path, field: str, cfg: PipelineConfig, max_seconds: float) -> tuple[np.ndarray, int, str]:
-    info = _check_header(path, field, cfg, max_seconds)
+def _decode(path, field: str, cfg: PipelineConfig, max_seconds: float, scratch: Path | None = None
+            ) -> tuple[np.ndarray, int, str]:
+    """Header checks, then the samples. In a process that opted in (audio.isolate_decoding: the
+    service's worker) both happen in a child process with limits, so a decoder that crashes or
+    hangs on a hostile file fails this input (corrupt_audio), not the process."""
+    isolation = audio.decoding_isolation()
+    if isolation is None:
+        info = _check_header(audio.probe(path, field), field, cfg, max_seconds)
     try:
-        data, sr = audio.decode(path, field, max_seconds=max_seconds)
+        if isolation is None:
+            data, sr = audio.decode(path, field, max_seconds=max_seconds)
+        else:
+            info, data, sr = audio.decode_isolated(path, field, max_seconds=max_seconds,
+                                                   scratch=scratch or Path(path).parent, isolation=isolation)
     except InputError as exc:
         if exc.code == "too_long":
             raise InputError(field, f"{field} is longer than the limit of {max_seconds:g} s",
                              code="too_long") from None
         raise
+    if isolation is not None:
+        _check_header(info, field, cfg, max_seconds)
     lim = cfg.limits
     if not (lim.min_sample_rate <= sr <= lim.max_sample_rate):
         raise InputError(field, f"{field} has a sample rate of {sr} Hz; supported rates are "
@@ -165,7 +177,7 @@ def run(song_path, reference_path, cfg: PipelineConfig, ctx: StageContext) -> Pr
     wsr = int(cfg.work_sample_rate)
 
     ctx.progress(0.0, "decoding the song")
-    song, sr, fmt = _decode(song_path, SONG, cfg, lim.max_song_seconds)
+    song, sr, fmt = _decode(song_path, SONG, cfg, lim.max_song_seconds, ctx.workdir)
     if song.shape[0] > lim.max_channels:
         raise InputError(SONG, f"song has {song.shape[0]} channels; at most {lim.max_channels} are supported "
                                "(mono or stereo)", code="too_many_channels")
@@ -177,7 +189,7 @@ def run(song_path, reference_path, cfg: PipelineConfig, ctx: StageContext) -> Pr
     ctx.check_cancel()
 
     ctx.progress(0.5, "decoding the reference voice")
-    ref, rsr, _ = _decode(reference_path, REFERENCE, cfg, lim.max_reference_seconds)
+    ref, rsr, _ = _decode(reference_path, REFERENCE, cfg, lim.max_reference_seconds, ctx.workdir)
     ref = audio.to_mono(ref)
     ref_dur = len(ref) / rsr
     if ref_dur < lim.min_reference_seconds:
