@@ -430,7 +430,8 @@ def _read_fairseq(path: Path) -> tuple[dict, dict]:
 def _build_fairseq(path: Path) -> FairseqHubert:
     ckpt, state = _read_fairseq(path)
     hp = _fairseq_hparams(ckpt, state, path.name)
-    model = FairseqHubert(**hp)
+    with torch.device("meta"):  # no random init: every parameter comes from the file
+        model = FairseqHubert(**hp)
     ours = {}
     for mine, theirs in _fairseq_key_map(model, set(state)).items():
         if theirs not in state:
@@ -443,7 +444,7 @@ def _build_fairseq(path: Path) -> FairseqHubert:
             src = _fairseq_key_map(model, set(state)).get(k, "encoder.pos_conv.0.weight")
             raise ContentEncoderError(f"{path.name}: '{src}' has shape {tuple(v.shape)}, expected "
                                       f"{tuple(want[k].shape)}")
-    model.load_state_dict(ours, strict=True)
+    model.load_state_dict(ours, strict=True, assign=True)
     return model.eval()
 
 
@@ -495,7 +496,8 @@ def _build_transformers(folder: Path):
         k = k.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
         k = k.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
         body[k] = v
-    model = HubertModel(config)
+    with torch.device("meta"):  # no random init: every parameter comes from the file
+        model = HubertModel(config)
     want = model.state_dict()
     missing = [k for k in want if k not in body and k != "masked_spec_embed"]
     if missing:
@@ -505,7 +507,8 @@ def _build_transformers(folder: Path):
         if k in want and tuple(v.shape) != tuple(want[k].shape):
             raise ContentEncoderError(f"{weights.name}: '{k}' has shape {tuple(v.shape)}, expected "
                                       f"{tuple(want[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in body.items() if k in want}, strict=False)
+    body.setdefault("masked_spec_embed", torch.zeros(config.hidden_size))  # training-only parameter
+    model.load_state_dict({k: v.float() for k, v in body.items() if k in want}, strict=True, assign=True)
     proj = None
     if final:
         if "weight" not in final:
