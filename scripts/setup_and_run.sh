@@ -66,7 +66,8 @@ trap cleanup INT TERM EXIT
 say "starting the web server on http://$HOST:$PORT and one worker (Ctrl-C stops both)"
 "$PY" manage.py serve --bind "$HOST" --port "$PORT" &  # COVER_WEB_PROCESSES processes (default 1)
 PIDS+=($!)
-"$PY" manage.py rqworker "${COVER_QUEUE_NAME:-cover}" &
+# The worker exits after a stage timeout (code 70) and can die; the supervisor starts a new one.
+"$PY" manage.py supervise_worker "${COVER_QUEUE_NAME:-cover}" &
 PIDS+=($!)
 # Stop everything as soon as either process ends.
 wait -n "${PIDS[@]}" || true
