@@ -99,3 +99,29 @@ class IsCaller(permissions.BasePermission):
             return True
         user = request.user
         return bool(user is not None and getattr(user, "is_authenticated", False))
+
+
+def login_locked_out_response(request, original_response=None, credentials=None):
+    """django-axes' answer to a locked-out login (settings.AXES_LOCKOUT_CALLABLE): 429 with a
+    Retry-After header; JSON ``{"error": {"code": "login_locked", ...}}`` on API paths and for
+    clients asking for JSON, otherwise a short page saying when to try again. Takes axes' optional
+    arguments but reads nothing from them (its async middleware passes them in another order)."""
+    from axes.helpers import get_cool_off
+    from django.shortcuts import render
+
+    from .exceptions import json_error
+
+    cool_off = get_cool_off(request)
+    minutes = max(1, round(cool_off.total_seconds() / 60)) if cool_off else None
+    message = ("Too many failed logins: this account or address is locked"
+               + (f" for {minutes} minutes. Try again later." if minutes else ". Ask an administrator to unlock it."))
+    wants_json = (request.path.startswith(("/api/", "/ws/"))
+                  or request.headers.get("X-Requested-With") == "XMLHttpRequest" or "application/json" in request.headers.get("Accept", ""))
+    if wants_json:
+        response = json_error(429, "login_locked", message)
+    else:
+        response = render(request, "registration/locked_out.html", {"message": message, "minutes": minutes},
+                          status=429)
+    if cool_off:
+        response["Retry-After"] = str(int(cool_off.total_seconds()))
+    return response

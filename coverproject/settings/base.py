@@ -2,6 +2,7 @@
 environment (django-environ); every value has a working default for a single machine."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "django_rq",
     "channels",
     "covers",
+    "axes",  # login throttling (AXES_* below)
 ]
 
 MIDDLEWARE = [
@@ -44,7 +46,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last (django-axes): a locked-out login gets its 429 answer
 ]
+
+# --- login throttling (django-axes): the page's and the admin's logins ---
+# AxesStandaloneBackend first: it refuses a locked-out username or address before any password
+# check (a correct password is refused too while locked). Failures are counted in the database
+# (axes' AccessAttempt, visible in the admin) per username and per client address, either one
+# trips the lock. The address is REMOTE_ADDR (X-Forwarded-For is not trusted: behind a proxy set
+# AXES_IPWARE_* and install django-ipware). `manage.py axes_reset` unlocks everyone.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("COVER_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("COVER_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "covers.auth.login_locked_out_response"  # 429 page, or JSON on API/JSON requests
 
 ROOT_URLCONF = "coverproject.urls"
 ASGI_APPLICATION = "coverproject.asgi.application"

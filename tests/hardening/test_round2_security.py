@@ -412,3 +412,81 @@ def test_network_guard_refuses_outside_addresses_without_sending():
     a.close()
     b.close()
     assert socket.getaddrinfo("localhost", 80)
+
+
+# --------------------------------------------------------------------------------------------
+# login throttling (django-axes): by username and by address, the page's login and the admin's
+# --------------------------------------------------------------------------------------------
+PASSWORD = "pw-123456789"
+LOGINS = {"page": "/accounts/login/", "admin": "/admin/login/"}
+
+
+def _login(client, path, username, password, ip):
+    return client.post(path, {"username": username, "password": password, "next": "/"}, REMOTE_ADDR=ip)
+
+
+@pytest.mark.parametrize("where", ["page", "admin"])
+def test_logins_locked_by_username_from_many_addresses(client, django_user_model, settings, where, outcome):
+    django_user_model.objects.create_user("ana", password=PASSWORD, is_staff=True)
+    codes = [_login(client, LOGINS[where], "ana", f"wrong-{i}", f"10.0.1.{i + 1}").status_code for i in range(15)]
+    right = _login(client, LOGINS[where], "ana", PASSWORD, "10.0.2.1")  # right password, fresh address
+    outcome(f"15 wrong passwords for one user from 15 addresses ({where} login), then the right one",
+            expected="5 answered 200, then 429; the right password refused (429) while locked",
+            measured=f"codes {sorted(set(codes))}, first 429 at #{codes.index(429) + 1 if 429 in codes else None}, "
+                     f"right password -> {right.status_code}")
+    assert codes[:settings.AXES_FAILURE_LIMIT - 1] == [200] * (settings.AXES_FAILURE_LIMIT - 1)
+    assert codes[settings.AXES_FAILURE_LIMIT - 1] == 429  # the 5th failure locks
+    assert codes[settings.AXES_FAILURE_LIMIT:] == [429] * (15 - settings.AXES_FAILURE_LIMIT), codes
+    assert right.status_code == 429 and "_auth_user_id" not in client.session
+    assert b"Too many failed logins" in right.content and int(right["Retry-After"]) == 15 * 60
+    assert client.get("/").status_code == 302  # not logged in
+    # another user from one of those addresses is not locked (that address failed once)
+    django_user_model.objects.create_user("bo", password=PASSWORD, is_staff=True)
+    assert _login(client, LOGINS[where], "bo", PASSWORD, "10.0.1.3").status_code == 302
+
+
+@pytest.mark.parametrize("where", ["page", "admin"])
+def test_logins_locked_by_address_across_usernames(client, django_user_model, settings, where):
+    django_user_model.objects.create_user("cy", password=PASSWORD, is_staff=True)
+    codes = [_login(client, LOGINS[where], f"guess{i}", "wrong", "10.0.3.7").status_code for i in range(15)]
+    assert codes[settings.AXES_FAILURE_LIMIT:] == [429] * (15 - settings.AXES_FAILURE_LIMIT), codes
+    assert _login(client, LOGINS[where], "cy", PASSWORD, "10.0.3.7").status_code == 429  # right password, locked address
+    assert _login(client, LOGINS[where], "cy", PASSWORD, "10.0.3.8").status_code == 302  # same user elsewhere
+
+
+def test_lockout_answers_json_to_json_clients_and_ends_after_the_cool_off(client, django_user_model):
+    from axes.models import AccessAttempt
+    from django.utils import timezone
+
+    django_user_model.objects.create_user("di", password=PASSWORD, is_staff=True)
+    for _ in range(6):
+        _login(client, LOGINS["page"], "di", "wrong", "10.0.4.1")
+    resp = client.post(LOGINS["page"], {"username": "di", "password": PASSWORD}, REMOTE_ADDR="10.0.4.1",
+                       HTTP_ACCEPT="application/json")
+    assert resp.status_code == 429 and resp["Content-Type"].startswith("application/json")
+    assert resp.json()["error"]["code"] == "login_locked"
+    # 16 minutes later (the attempts aged by hand) the right password works again
+    AccessAttempt.objects.update(attempt_time=timezone.now() - datetime.timedelta(minutes=16))
+    assert _login(client, LOGINS["page"], "di", PASSWORD, "10.0.4.1").status_code == 302
+
+
+def test_lockout_through_the_async_handler(django_user_model, settings):
+    """daphne runs the middleware chain async; axes' async path calls the lockout callable with its
+    arguments in another order: still a 429 page."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    django_user_model.objects.create_user("ed", password=PASSWORD, is_staff=True)
+    client = AsyncClient()
+
+    async def run():
+        out = []
+        for i in range(7):
+            resp = await client.post(LOGINS["page"], {"username": "ed", "password": "wrong" if i < 6 else PASSWORD},
+                                     REMOTE_ADDR="10.0.5.1")
+            out.append((resp.status_code, resp.content))
+        return out
+
+    answers = async_to_sync(run)()
+    assert [c for c, _ in answers[:4]] == [200] * 4 and answers[4][0] == 429  # the 5th failure locks
+    assert answers[-1][0] == 429 and b"Too many failed logins" in answers[-1][1]
