@@ -28,3 +28,44 @@ def import_torchcrepe():
             stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
             sys.modules["torchaudio"] = stub
     return importlib.import_module("torchcrepe")
+
+
+def _install_torchvision_stub() -> None:
+    """onnx2torch imports torchvision at import time, only for its NMS and RoIAlign converters,
+    which no separation model uses. PyPI's torchvision would pull another torch build, so when
+    the real one does not import we register a stand-in whose ops raise if ever called."""
+    if "torchvision" in sys.modules:
+        return
+    try:
+        importlib.import_module("torchvision")
+        return
+    except Exception:
+        pass
+
+    def _unavailable(name):
+        def op(*_a, **_k):
+            raise RuntimeError(f"torchvision.ops.{name} is not available (torchvision is not installed); "
+                               "this model needs an ONNX operator the separators do not support")
+        op.__name__ = name
+        return op
+
+    tv = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    for name in ("nms", "box_convert", "roi_align"):
+        setattr(ops, name, _unavailable(name))
+    tv.ops = ops
+    tv.__stub__ = True
+    tv.__version__ = "0+stub"
+    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
+    tv.__path__ = []
+    ops.__spec__ = importlib.machinery.ModuleSpec("torchvision.ops", None)
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.ops"] = ops
+
+
+def import_audio_separator():
+    """``audio_separator.separator`` (python-audio-separator) with onnx2torch importable
+    without torchvision (see :func:`_install_torchvision_stub`)."""
+    _install_torchvision_stub()
+    importlib.import_module("onnx2torch")
+    return importlib.import_module("audio_separator.separator")
