@@ -12,8 +12,8 @@
    the same measured from the scheduled send time (includes any client-side lag: coordinated
    omission corrected), errors (non-200, connection errors, timeouts).
 
-The API key comes from `manage.py create_api_key` (no per-key limits; the settings have no global
-default limits). Everything is temporary: a SQLite file (or, with --postgres, a PostgreSQL
+The API key comes from `manage.py create_api_key` (its job limits raised far above the
+COVER_KEY_DEFAULT_* a new key gets). Everything is temporary: a SQLite file (or, with --postgres, a PostgreSQL
 database that the bench creates and drops), the media folder, and the jobs' keys in the Redis DB.
 
 Usage:
@@ -242,7 +242,8 @@ def main() -> None:
     try:
         manage = [sys.executable, "manage.py"]
         subprocess.run(manage + ["migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True)
-        out = subprocess.run(manage + ["create_api_key", "api-bench"], cwd=ROOT, env=env, check=True,
+        out = subprocess.run(manage + ["create_api_key", "api-bench", "--max-concurrent-jobs", "1000000",
+                                       "--jobs-per-day", "1000000"], cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True).stdout
         key = out.strip().splitlines()[-1]
         song, ref = make_inputs(tmp, int(args.mb * 1_000_000))

@@ -46,13 +46,20 @@ class CoverAPIKeyAdmin(APIKeyModelAdmin):
     actions = ["revoke_keys", "rotate_webhook_secret"]
     fieldsets = (
         (None, {"fields": ("name", "prefix", "owner", "expiry_date", "revoked", "last_used_at")}),
-        ("Limits (empty: the service's settings)", {
+        ("Limits (new keys start with COVER_KEY_DEFAULT_*; empty: only the service's settings)", {
             "fields": ("max_concurrent_jobs", "jobs_per_day", "max_upload_mb", "max_song_seconds")}),
         ("Webhooks (signing secret; rotate with the action)", {"fields": ("webhook_secret",)}),
     )
 
     def get_readonly_fields(self, request, obj=None):
         return tuple(super().get_readonly_fields(request, obj)) + ("last_used_at", "webhook_secret")
+
+    def get_changeform_initial_data(self, request):
+        """A new key's form starts with the COVER_KEY_DEFAULT_* limits (covers.limits)."""
+        from .limits import default_key_limits
+
+        return {**{k: v for k, v in default_key_limits().items() if v is not None},
+                **super().get_changeform_initial_data(request)}
 
     @admin.action(description="Rotate the webhook secret of the selected keys", permissions=["change"])
     def rotate_webhook_secret(self, request, queryset):

@@ -4,7 +4,8 @@
 - ``/readyz``: the database answers, Redis answers, at least one live RQ worker listens on a
   cover queue (registered in Redis with a heartbeat no older than
   COVER_READY_WORKER_MAX_AGE_SECONDS, and the queues not suspended), and the media root has more
-  than COVER_MIN_FREE_DISK_MB free. JSON with each check's details; 200 when all pass, else 503.
+  than COVER_MIN_FREE_DISK_MB free. 200 when all pass, else 503; the JSON holds the status only,
+  and each check's details for staff or with ``Authorization: Bearer <COVER_METRICS_TOKEN>``.
 - ``/metrics``: Prometheus text format behind ``Authorization: Bearer <COVER_METRICS_TOKEN>``
   (404 while no token is configured, 401 without the right one): queue depth, running jobs,
   jobs by status, live workers, and per-stage / whole-job / queue-wait histograms over the
@@ -167,8 +168,20 @@ def healthz(request):
 @never_cache
 @require_GET
 def readyz(request):
+    """200/503 with the status for anyone (a load balancer's probe); each check's details (worker
+    names, hosts and pids, the media path, disk sizes) only for staff or with the metrics token."""
     ok, checks = readiness()
-    return JsonResponse({"status": "ready" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    body = {"status": "ready" if ok else "unavailable"}
+    if _may_see_details(request):
+        body["checks"] = checks
+    return JsonResponse(body, status=200 if ok else 503)
+
+
+def _may_see_details(request) -> bool:
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.is_active and user.is_staff:
+        return True
+    return bool(_setting("COVER_METRICS_TOKEN", "")) and _authorized(request)
 
 
 def _authorized(request) -> bool:

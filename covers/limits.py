@@ -1,5 +1,6 @@
 """Per-API-key limits that the create service checks beyond covers.services' own
 (``_check_key_limits``: 429 for concurrent and daily jobs; covers.uploads: 413 for the file size).
+New keys start with the COVER_KEY_DEFAULT_* settings (:func:`default_key_limits`).
 
 A key's ``max_song_seconds`` is a quota of the key, not a property of the audio, so exceeding
 it is a 413 ``song_too_long`` (the service-wide COVER_MAX_SONG_SECONDS stays a 422 ``too_long``).
@@ -12,6 +13,23 @@ from django.conf import settings
 
 from .errors import UploadTooLarge
 from .uploads import UploadLimits
+
+
+# key field -> the setting that gives a new key its starting value
+DEFAULT_KEY_LIMITS = {"max_concurrent_jobs": "COVER_KEY_DEFAULT_MAX_CONCURRENT",
+                      "jobs_per_day": "COVER_KEY_DEFAULT_JOBS_PER_DAY",
+                      "max_upload_mb": "COVER_KEY_DEFAULT_MAX_UPLOAD_MB",
+                      "max_song_seconds": "COVER_KEY_DEFAULT_MAX_SONG_SECONDS"}
+
+
+def default_key_limits() -> dict:
+    """The limits a new API key starts with (create_api_key, the admin's add form), from the
+    COVER_KEY_DEFAULT_* settings; a setting of 0 (or empty) leaves that limit off."""
+    out = {}
+    for field, name in DEFAULT_KEY_LIMITS.items():
+        value = getattr(settings, name, None)
+        out[field] = value if value else None
+    return out
 
 
 def upload_limits_for_key(api_key) -> UploadLimits:

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TOKEN = "s3cret-metrics-token"
 
 
+@pytest.fixture(autouse=True)
+def _metrics_token(settings):
+    """/readyz shows its checks' details to the holder of the metrics token (or staff) only."""
+    settings.COVER_METRICS_TOKEN = TOKEN
+
+
 @pytest.fixture
 def worker(settings):
     """An RQ worker registered in Redis (birth = a fresh heartbeat) on the cover queue."""
@@ -38,7 +44,7 @@ def test_healthz_answers_without_dependencies(client, settings):
 
 
 def test_ready_with_a_live_worker(client, worker):
-    resp = client.get("/readyz")
+    resp = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert resp.status_code == 200, resp.content
     body = resp.json()
     assert body["status"] == "ready"
@@ -50,7 +56,7 @@ def test_ready_with_a_live_worker(client, worker):
 
 
 def test_not_ready_without_a_worker(client):
-    resp = client.get("/readyz")
+    resp = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert resp.status_code == 503
     body = resp.json()
     assert body["status"] == "unavailable"
@@ -61,12 +67,12 @@ def test_not_ready_without_a_worker(client):
 def test_not_ready_when_the_worker_stopped_beating_or_died(client, worker, redis_client):
     old = timezone.now() - timedelta(minutes=30)
     redis_connection().hset(worker.key, "last_heartbeat", utcformat(old))
-    body = client.get("/readyz").json()
+    body = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").json()
     assert body["checks"]["workers"]["live"] == 0 and body["checks"]["workers"]["registered"] == 1
     worker.heartbeat()
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
     worker.register_death()
-    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 503
 
 
 def test_not_ready_when_suspended(client, worker):
@@ -74,7 +80,7 @@ def test_not_ready_when_suspended(client, worker):
 
     suspend(redis_connection())
     try:
-        resp = client.get("/readyz")
+        resp = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
         assert resp.status_code == 503 and resp.json()["checks"]["workers"]["suspended"] is True
     finally:
         resume(redis_connection())
@@ -82,7 +88,7 @@ def test_not_ready_when_suspended(client, worker):
 
 def test_503_when_redis_is_unreachable(client, settings, worker):
     settings.RQ_QUEUES = {settings.COVER_QUEUE_NAME: {"URL": "redis://127.0.0.1:1/15"}}
-    resp = client.get("/readyz")
+    resp = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert resp.status_code == 503
     checks = resp.json()["checks"]
     assert checks["database"]["ok"] and not checks["redis"]["ok"] and checks["redis"]["error"]
@@ -92,7 +98,7 @@ def test_503_when_redis_is_unreachable(client, settings, worker):
 
 def test_503_when_the_disk_is_nearly_full(client, settings, worker):
     settings.COVER_MIN_FREE_DISK_MB = 10 ** 12
-    resp = client.get("/readyz")
+    resp = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert resp.status_code == 503
     disk = resp.json()["checks"]["disk"]
     assert not disk["ok"] and "MB free" in disk["error"]
@@ -204,7 +210,7 @@ def test_a_worker_on_any_device_queue_counts(client, settings):
     w = Worker([Queue("cover-gpu", connection=redis_connection())], connection=redis_connection(), name="gpu-1")
     w.register_birth()
     try:
-        body = client.get("/readyz").json()
+        body = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").json()
         assert body["status"] == "ready" and body["checks"]["workers"]["workers"][0]["queues"] == ["cover-gpu"]
         settings.COVER_METRICS_TOKEN = TOKEN
         Queue("cover-gpu", connection=redis_connection()).enqueue("os.getpid")

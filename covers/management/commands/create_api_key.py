@@ -1,7 +1,7 @@
 """`python manage.py create_api_key NAME [--owner USERNAME] [--expires-days N] [limits]`
 
 Creates an API key and prints the key once, alone on the last line (scripts read it with
-`tail -n 1`). Only a hash is stored."""
+`tail -n 1`). Only a hash is stored. Limits not given start at the COVER_KEY_DEFAULT_* settings."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from covers.limits import default_key_limits
 from covers.models import APIKey
 
 
@@ -33,10 +34,10 @@ class Command(BaseCommand):
             except get_user_model().DoesNotExist:
                 raise CommandError(f"no user named {owner!r}") from None
         expiry = timezone.now() + timedelta(days=expires_days) if expires_days else None
-        key_obj, key = APIKey.objects.create_key(
-            name=name[:50], owner=user, expiry_date=expiry,
-            max_concurrent_jobs=opts.get("max_concurrent_jobs"), jobs_per_day=opts.get("jobs_per_day"),
-            max_upload_mb=opts.get("max_upload_mb"), max_song_seconds=opts.get("max_song_seconds"))
+        # limits not given start at the COVER_KEY_DEFAULT_* settings (staff change them in the admin)
+        limits = {field: default if opts.get(field) is None else opts[field]
+                  for field, default in default_key_limits().items()}
+        key_obj, key = APIKey.objects.create_key(name=name[:50], owner=user, expiry_date=expiry, **limits)
         if opts.get("verbosity", 1) >= 1:
             self.stderr.write(f"Created API key {key_obj.name!r} (prefix {key_obj.prefix}). "
                               f"It is shown only now; send it in the X-API-Key header.")
