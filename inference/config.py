@@ -50,6 +50,11 @@ class PipelineConfig:
     # They are part of the engine cache key.
     engine_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str | None = None                # None: CUDA when present, else CPU
+    # Steps after the main separation (inference.stages.separate): {"karaoke": {"engine": "uvr",
+    # "options": {...}}, "dereverb": {...}, "convert_backing": False}. Karaoke splits the vocal into
+    # lead and backing; the backing goes to the instrumental unless convert_backing; de-reverb runs
+    # on the lead. Empty: the separator alone.
+    separation_chain: dict[str, Any] = field(default_factory=dict)
     # The job's model files for the converter (``rvc``: {"model": ".pth", "index": ".index"}) and its
     # per-job settings (``rvc``: index_rate, protect, ...); not part of the engine cache key.
     model_files: dict[str, str] = field(default_factory=dict)
