@@ -9,16 +9,31 @@ STAMP="$VENV/.requirements.sha256"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 
-ensure_system_packages() {
+missing_system_packages() {
+    # Prints the Debian packages whose files are missing (space-separated; empty: none).
     # ffmpeg (command-line tools for the GPT-SoVITS scripts; PyAV bundles its own libraries),
     # espeak-ng (speech for the gpt-sovits-api tests), redis-server (the job queue),
-    # chromium (the browser test).
+    # chromium (the browser test). With --tests also what only tests need: strace (the
+    # hostile-input test proving the decoder opens no other file), postgresql (server binaries:
+    # fault 8 runs a private cluster and restarts it). COVER_CI_STRICT=1 turns a skip for any of
+    # them into a failure (tests/conftest.py).
     local missing=()
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     # chromium: the browser end-to-end test (Playwright drives Debian's /usr/bin/chromium)
-    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x "${COVER_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+    if [ "${1:-}" = "--tests" ]; then
+        command -v strace >/dev/null 2>&1 || missing+=(strace)
+        compgen -G "${COVER_PG_LIB_DIR:-/usr/lib/postgresql}/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    fi
+    echo "${missing[*]}"
+}
+
+ensure_system_packages() {
+    # ensure_system_packages [--tests]: installs what missing_system_packages names (as root).
+    local missing=()
+    read -r -a missing <<< "$(missing_system_packages "$@")"
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]} (apt-get)"

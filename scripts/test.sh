@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 
-ensure_system_packages
+ensure_system_packages --tests
 ensure_requirements
 ensure_redis "redis://127.0.0.1:6379/0"
 ensure_postgres

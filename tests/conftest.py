@@ -2,14 +2,35 @@
 reaches an address outside 127.0.0.0/8 and ::1."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests import netguard
 from tests.processes import ensure_test_database
 
+# COVER_CI_STRICT=1 (set by .ci/run): a skipped test fails instead, naming what was missing
+# (strace, a tmpfs mount, PostgreSQL binaries, Chromium, espeak-ng...): on CI every test runs.
+# A test that may skip even there carries @pytest.mark.may_skip.
+STRICT = os.environ.get("COVER_CI_STRICT", "") not in ("", "0", "false", "no")
+
 
 def pytest_configure(config):
     netguard.install()  # before collection: an import that phones out is caught too
+    config.addinivalue_line("markers", "may_skip: may be skipped even under COVER_CI_STRICT=1")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if (STRICT and rep.skipped and not hasattr(rep, "wasxfail")
+            and item.get_closest_marker("may_skip") is None):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = (f"COVER_CI_STRICT=1: skipped, which CI does not allow: {reason}\n"
+                        f"Install what it names (scripts/common.sh ensure_system_packages does as root), "
+                        f"or run without COVER_CI_STRICT.")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -39,3 +60,15 @@ def e2e_database(django_db_setup, django_db_blocker):
     the session asks for the database (see tests.processes.ensure_test_database)."""
     with ensure_test_database(django_db_blocker):
         yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at collection (pytest.skip(allow_module_level=True),
+    importorskip at module level)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if STRICT and rep.skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"COVER_CI_STRICT=1: {collector.nodeid} skipped at collection: {reason}"

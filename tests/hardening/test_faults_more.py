@@ -39,7 +39,10 @@ from tests.processes import ROOT, Stack, e2e_env, free_port, server_env
 pytestmark = pytest.mark.e2e
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The newest installed PostgreSQL server binaries (Debian: /usr/lib/postgresql/<major>/bin).
+PG_BIN = max((p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/15/bin"))
 STAGES = ["preprocess", "separate", "infer", "mix", "finalize"]
 
 
@@ -62,7 +65,7 @@ class PrivatePostgres:
     def __init__(self):
         missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / b).exists()]
         if missing:
-            pytest.skip(f"PostgreSQL 15 binaries missing in {PG_BIN}: {', '.join(missing)}")
+            pytest.skip(f"PostgreSQL server binaries (Debian package postgresql) missing in {PG_BIN}: {', '.join(missing)}")
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:

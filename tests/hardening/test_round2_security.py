@@ -490,3 +490,44 @@ def test_lockout_through_the_async_handler(django_user_model, settings):
     answers = async_to_sync(run)()
     assert [c for c, _ in answers[:4]] == [200] * 4 and answers[4][0] == 429  # the 5th failure locks
     assert answers[-1][0] == 429 and b"Too many failed logins" in answers[-1][1]
+
+
+# --------------------------------------------------------------------------------------------
+# CI: no silent skips (COVER_CI_STRICT=1 from .ci/run), and the packages the skipping tests need
+# --------------------------------------------------------------------------------------------
+def test_ci_strict_mode_turns_skips_into_failures_naming_what_is_missing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import pytest\n\n"
+                     "def test_needs_strace():\n    pytest.skip('strace is not installed')\n\n"
+                     "@pytest.mark.may_skip\ndef test_optional():\n    pytest.skip('optional')\n\n"
+                     "def test_plain():\n    assert True\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "coverproject.settings.test", "COVER_CI_STRICT": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
+                          "-o", "addopts=", str(probe)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 failed, 1 passed, 1 skipped" in run.stdout, run.stdout
+    assert "COVER_CI_STRICT=1: skipped, which CI does not allow: Skipped: strace is not installed" in run.stdout
+    assert 'export COVER_CI_STRICT="${COVER_CI_STRICT:-1}"' in (ROOT / ".ci/run").read_text()
+
+
+def test_test_script_installs_what_the_skipping_tests_need(tmp_path):
+    import subprocess
+
+    from tests.processes import ROOT
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = (f"source {ROOT}/scripts/common.sh; PATH={empty}; COVER_PG_LIB_DIR={empty}; "
+              f"COVER_CHROMIUM={empty}/chromium; echo \"$(missing_system_packages --tests)\"; "
+              f"echo \"$(missing_system_packages)\"")
+    out = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    assert set(out[0].split()) >= {"strace", "postgresql", "chromium", "espeak-ng"}, out
+    assert "strace" not in out[1].split() and "postgresql" not in out[1].split(), out  # runtime: not needed
+    assert "ensure_system_packages --tests" in (ROOT / "scripts/test.sh").read_text()
