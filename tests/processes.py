@@ -52,11 +52,27 @@ class Stack:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> None:
-        self.daphne = self._spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                   "coverproject.asgi:application"], "daphne.log")
+        self.start_web()
         self.start_worker()
         self.wait_http("/api/schema/")
         self.wait_worker_ready()
+
+    def start_web(self) -> None:
+        """The web server process (HTTP + WebSockets) on ``self.port``; again after ``stop_web``
+        (a restart: same port, a new log file). Does not wait (``wait_http``)."""
+        self._web_logs = getattr(self, "_web_logs", 0) + 1
+        self.daphne = self._spawn([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                                   "coverproject.asgi:application"],
+                                  "daphne.log" if self._web_logs == 1 else f"daphne{self._web_logs}.log")
+
+    def stop_web(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        """Stops the web server process (its whole process group); returns its exit code."""
+        os.killpg(self.daphne.pid, sig)
+        try:
+            return self.daphne.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.daphne.pid, signal.SIGKILL)
+            return self.daphne.wait(timeout=5)
 
     def wait_http(self, path: str = "/healthz", timeout: float = 60) -> None:
         """Until daphne answers ``path`` with 200 (it must stay alive meanwhile)."""
