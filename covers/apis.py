@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from .auth import Caller
 from .errors import Conflict, Gone, InvalidParameter, NotFound, UploadTooLarge
 from .models import CoverJob
+from .numbers import PlainFloatField, PlainIntegerField, plain_whole_number
 from .selectors import cover_job_get, cover_job_list, cover_job_wait
 from .services import (IdempotentReplay, cover_job_cancel, cover_job_create, cover_job_delete, idempotency_lookup,
                        idempotency_store_response)
@@ -136,7 +137,7 @@ class CoverJobCreateApi(APIView):
         model_id = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,100}$", required=False, allow_blank=True,
                                           max_length=100)
         # No defaults here: left out, they come from the model's defaults (covers.voice_models).
-        pitch_shift = serializers.FloatField(required=False, min_value=-24, max_value=24,
+        pitch_shift = PlainFloatField(required=False, min_value=-24, max_value=24,
                                              help_text="Semitones, -24..24 (default: the model's, else 0).")
         auto_pitch = serializers.BooleanField(required=False, allow_null=True, default=None,
                                              help_text="Default: the model's, else false.")
@@ -144,15 +145,15 @@ class CoverJobCreateApi(APIView):
         target_text = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
         separator = serializers.CharField(required=False, allow_blank=True, max_length=64)
         converter = serializers.CharField(required=False, allow_blank=True, max_length=64)
-        vocal_gain_db = serializers.FloatField(required=False, min_value=-24, max_value=24,
+        vocal_gain_db = PlainFloatField(required=False, min_value=-24, max_value=24,
                                                help_text="dB on the converted vocal, -24..24 (default 0).")
-        instrumental_gain_db = serializers.FloatField(required=False, min_value=-24, max_value=24,
+        instrumental_gain_db = PlainFloatField(required=False, min_value=-24, max_value=24,
                                                       help_text="dB on the instrumental, -24..24 (default 0).")
-        reverb = serializers.FloatField(required=False, min_value=0, max_value=1,
+        reverb = PlainFloatField(required=False, min_value=0, max_value=1,
                                         help_text="Reverb wet amount 0..1 (default: the model's, else 0).")
         output_format = serializers.ChoiceField(choices=["wav", "flac", "mp3"], required=False,
                                                 help_text="The result's format (default wav).")
-        output_sample_rate = serializers.IntegerField(required=False, min_value=8000, max_value=192000,
+        output_sample_rate = PlainIntegerField(required=False, min_value=8000, max_value=192000,
                                                       help_text="Hz (default: the song's own rate).")
         webhook_url = serializers.CharField(required=False, allow_blank=True, max_length=2000, help_text=(
             "http(s) URL that receives signed POSTs of the job JSON (headers Webhook-Id, Webhook-Timestamp, "
@@ -175,13 +176,13 @@ class CoverJobCreateApi(APIView):
         convert_backing = serializers.BooleanField(required=False, allow_null=True, default=None, help_text=(
             "With karaoke_model: convert the backing vocals too (default false: mixed back as they are)."))
         # RVC voices (default: the model's engine_defaults, else RVC's own defaults)
-        index_rate = serializers.FloatField(required=False, min_value=0, max_value=1, help_text=(
+        index_rate = PlainFloatField(required=False, min_value=0, max_value=1, help_text=(
             "RVC: how much of the voice's .index features to blend in, 0..1 (default 0.75)."))
-        protect = serializers.FloatField(required=False, min_value=0, max_value=0.5, help_text=(
+        protect = PlainFloatField(required=False, min_value=0, max_value=0.5, help_text=(
             "RVC: protect breaths and consonants from retrieval, 0..0.5 (0.5 = off; default 0.33)."))
-        rms_mix_rate = serializers.FloatField(required=False, min_value=0, max_value=1, help_text=(
+        rms_mix_rate = PlainFloatField(required=False, min_value=0, max_value=1, help_text=(
             "RVC: 0 = follow the original vocal's loudness envelope, 1 = keep the model's (default 0.25)."))
-        filter_radius = serializers.IntegerField(required=False, min_value=0, max_value=7, help_text=(
+        filter_radius = PlainIntegerField(required=False, min_value=0, max_value=7, help_text=(
             "RVC: median filter radius on the pitch track, 0..7 (default 3)."))
         f0_method = serializers.ChoiceField(choices=["rmvpe", "crepe"], required=False, help_text=(
             "RVC: pitch tracker (default rmvpe when the worker has rmvpe.pt, else crepe)."))
@@ -306,10 +307,11 @@ def parse_prefer_wait(header: str) -> int | None:
             continue
         value = value.split(";")[0].strip().strip('"')
         limit = settings.COVER_MAX_PREFER_WAIT_SECONDS
-        if not value.isdigit() or int(value) > limit:
+        seconds = plain_whole_number(value)  # ASCII digits only (str.isdigit() takes any script's)
+        if seconds is None or seconds > limit:
             raise InvalidParameter(f"Prefer: wait must be a whole number of seconds from 0 to {limit}",
                                    field="Prefer")
-        return int(value)
+        return seconds
     return None
 
 
