@@ -105,3 +105,11 @@ def test_prefer_wait_refuses_other_digits(header):
     with pytest.raises(InvalidParameter) as info:
         parse_prefer_wait(header)
     assert info.value.field == "Prefer"
+
+
+@pytest.mark.parametrize("port", ["\u0668\u0660", "8_0", "+80", "0x50", "80.0", "\uff18\uff10"])
+def test_a_webhook_port_in_other_digits_is_a_400_naming_webhook_url(client, api_key, song_bytes, ref_bytes, port):
+    resp = _post(client, api_key[1], song_bytes, ref_bytes, webhook_url=f"http://127.0.0.1:{port}/hook")
+    body = resp.json()
+    assert resp.status_code == 400 and body["error"]["field"] == "webhook_url", body
+    assert CoverJob.objects.count() == 0
