@@ -70,6 +70,14 @@ class CoverJobOutputSerializer(serializers.Serializer):
         "(processing / song duration), queue_wait_seconds (created -> started)."))
     webhook_url = serializers.CharField(allow_blank=True)
     webhook_events = serializers.ListField(child=serializers.CharField())
+    engines = serializers.SerializerMethodField(help_text=(
+        "Once a stage has run: what the separator and converter reported (engine, model file, version, "
+        "device, whether the model came from the worker's cache, parameters used)."))
+
+    def get_engines(self, job) -> dict:
+        stages = (job.report or {}).get("stages") or {}
+        return {role: stages[stage] for role, stage in (("separator", "separate"), ("converter", "infer"))
+                if isinstance(stages.get(stage), dict)}
 
     def to_representation(self, job):
         data = super().to_representation(job)
