@@ -126,11 +126,23 @@
     api("GET", "/models").then(function (body) {
       var items = Array.isArray(body) ? body : (body && body.results) || [];
       var select = $("model_id"), defaults = {};
+      var steps = {separator_model: $("separator_model"), karaoke_model: $("karaoke_model"),
+                   dereverb_model: $("dereverb_model")};
       items.forEach(function (m) {
         if (!m || !m.model_id) return;
+        if (m.use_as && m.use_as !== "model_id") {
+          // a separator model: offered in its step's list
+          var target = steps[m.use_as];
+          if (!target) return;
+          var o = document.createElement("option");
+          o.value = m.model_id;
+          o.textContent = (m.name || m.model_id) + (m.kind ? " (" + m.kind + ")" : "");
+          target.appendChild(o);
+          return;
+        }
         var opt = document.createElement("option");
         opt.value = m.model_id;
-        opt.textContent = (m.name || m.model_id) + (m.engine ? " (" + m.engine + ")" : "");
+        opt.textContent = (m.name || m.model_id) + (m.kind || m.engine ? " (" + (m.kind || m.engine) + ")" : "");
         defaults[m.model_id] = m.defaults || {};
         select.appendChild(opt);
         if (m.is_default) {
@@ -165,6 +177,16 @@
     data.append("pitch_shift", $("pitch_shift").value);
     data.append("auto_pitch", $("auto_pitch").checked ? "true" : "false");
     if ($("model_id").value) data.append("model_id", $("model_id").value);
+    ["separator_model", "karaoke_model", "dereverb_model"].forEach(function (name) {
+      if ($(name) && $(name).value) data.append(name, $(name).value);
+    });
+    if ($("karaoke_model") && $("karaoke_model").value && $("convert_backing").checked) {
+      data.append("convert_backing", "true");
+    }
+    if ($("models-extra") && $("models-extra").open) {
+      data.append("index_rate", $("index_rate").value);
+      data.append("protect", $("protect").value);
+    }
     data.append("reference_text", $("reference_text").value);
     data.append("target_text", $("target_text").value);
 
@@ -528,6 +550,10 @@
     var pitch = $("pitch_shift");
     pitch.addEventListener("input", function () {
       $("pitch-value").textContent = (pitch.value > 0 ? "+" : "") + pitch.value;
+    });
+    [["index_rate", "index-rate-value"], ["protect", "protect-value"]].forEach(function (pair) {
+      var input = $(pair[0]);
+      if (input) input.addEventListener("input", function () { $(pair[1]).textContent = input.value; });
     });
     $("cover-form").addEventListener("submit", submitForm);
     $("cancel").addEventListener("click", cancelJob);
