@@ -83,11 +83,15 @@ def _load_plain(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"global ([\w.]+)", str(exc))
-        what = f"'{found.group(1)}'" if found else "objects other than tensors and plain containers"
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found is None:  # not a pickle torch can read at all (text, random bytes, truncated)
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            reason = detail.group(1).strip() if detail else text.splitlines()[0]
+            raise RvcFormatError(f"{name} is not a readable PyTorch file ({reason})") from None
         raise RvcFormatError(
-            f"{name} needs {what} to load; a voice model file must hold only tensors, numbers, "
-            "strings, lists and dicts, so it is refused (it could run code)"
+            f"{name} needs '{found.group(1)}' to load; a voice model file must hold only tensors, "
+            "numbers, strings, lists and dicts, so it is refused (it could run code)"
         ) from None
     except Exception as exc:  # not a torch file at all, truncated, ...
         raise RvcFormatError(f"{name} is not a readable PyTorch file ({type(exc).__name__}: {exc})") from None
@@ -141,7 +145,7 @@ def fold_weight_norm(weights: Mapping[str, torch.Tensor], name: str = "model") -
             raise RvcFormatError(f"{name}: weight entry {key!r} is not a tensor")
         if key.startswith("enc_q."):
             continue
-        m = re.match(r"^(.*)\.(weight_g|weight_v|parametrizations\.weight\.original0|parametrizations\.weight\.original1)$", key)
+        m = _G_OR_V.match(key)
         if m:
             role = "g" if m.group(2) in ("weight_g", "parametrizations.weight.original0") else "v"
             pairs.setdefault(m.group(1), {})[role] = value
@@ -162,13 +166,29 @@ def _expected_shapes(cfg: tuple, version: str, f0: bool, n_speakers: int) -> dic
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _folded_shapes(weights: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
-    shapes = {}
+_G_OR_V = re.compile(r"^(.*)\.(weight_g|weight_v|parametrizations\.weight\.original[01])$")
+
+
+def _folded_shapes(name: str, weights: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
+    """Shapes the state dict will have once weight norm is folded; checks the pairs are whole."""
+    shapes, halves = {}, {}
     for key, value in weights.items():
-        if key.startswith("enc_q.") or key.endswith(("weight_g", "parametrizations.weight.original0")):
+        if not isinstance(value, torch.Tensor):
+            raise RvcFormatError(f"{name}: weight entry {key!r} is not a tensor")
+        if key.startswith("enc_q."):
             continue
-        key = re.sub(r"\.(weight_v|parametrizations\.weight\.original1)$", ".weight", key)
-        shapes[key] = tuple(value.shape)
+        m = _G_OR_V.match(key)
+        if m is None:
+            shapes[key] = tuple(value.shape)
+            continue
+        role = "weight_g" if m.group(2) in ("weight_g", "parametrizations.weight.original0") else "weight_v"
+        halves.setdefault(m.group(1), set()).add(role)
+        if role == "weight_v":
+            shapes[m.group(1) + ".weight"] = tuple(value.shape)
+    for base, roles in halves.items():
+        if len(roles) != 2:
+            lacking = ({"weight_g", "weight_v"} - roles).pop()
+            raise RvcFormatError(f"{name}: {base}.{lacking} is missing (weight-norm pair incomplete)")
     return shapes
 
 
@@ -238,7 +258,7 @@ def read_rvc_checkpoint(path) -> tuple[RvcCheckpoint, dict]:
     n_speakers = int(weights["emb_g.weight"].shape[0])
     cfg = cfg[:15] + (n_speakers,) + cfg[16:]  # the embedding decides, as the reference loader does
     expected = _expected_shapes(cfg, version, f0, n_speakers)
-    found = _folded_shapes(weights)
+    found = _folded_shapes(name, weights)
     missing = set(expected) - set(found)
     if missing:
         raise RvcFormatError(f"{name}: the state dict lacks {len(missing)} entries the config calls for: {_summarise(missing)}")
