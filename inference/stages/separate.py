@@ -54,8 +54,12 @@ class Separated:
 
 
 def load_engine(kind: str, name: str, cfg: PipelineConfig, stage: str):
+    return build_engine(kind, name, cfg.engine_options.get(name, {}), stage)
+
+
+def build_engine(kind: str, name: str, options: dict, stage: str):
     try:
-        return get_engine(kind, name, **cfg.engine_options.get(name, {}))
+        return get_engine(kind, name, **(options or {}))
     except KeyError as exc:
         raise PipelineError(stage, str(exc).strip("'\""), code="unknown_engine") from None
     except PipelineError:
@@ -166,8 +170,12 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
     if vocals_path is not None:
         return _provided(pre, cfg, ctx, vocals_path, instrumental_path)
     key = None
+    chain = _chain_steps(cfg)
     if cache is not None:
-        key = stem_cache_key(pre.song, pre.sr, cfg.separator, cfg.engine_options.get(cfg.separator))
+        options = cfg.engine_options.get(cfg.separator)
+        if chain:  # the chain changes the stems: part of the key (keys without a chain are unchanged)
+            options = {"options": options, "chain": cfg.separation_chain}
+        key = stem_cache_key(pre.song, pre.sr, cfg.separator, options)
         cached = _from_cache(pre, ctx, cache, key)
         if cached is not None:
             return cached
@@ -175,8 +183,12 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
     engine = load_engine("separator", cfg.separator, cfg, ctx.stage)
     ctx.info.update(engine_facts(engine, cfg.separator))
     ctx.progress(0.0, f"separating with {cfg.separator}")
+    spans = _chain_spans(chain)
     try:
-        vocals, inst = engine.separate(pre.song, pre.sr, ctx)
+        if chain:
+            vocals, inst = engine.separate(pre.song, pre.sr, _step_context(ctx, 0.0, spans[0], ctx.info))
+        else:
+            vocals, inst = engine.separate(pre.song, pre.sr, ctx)
     except (PipelineError, Canceled):
         raise
     except Exception as exc:
@@ -216,6 +228,10 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
                      "vocal_voice_fraction": None if speech is None else round(speech, 3),
                      "song_voice_fraction": None if in_song is None else round(in_song, 3),
                      "has_vocals": bool(has_vocals)})
+    if chain and has_vocals:
+        vocals, inst = _run_chain(vocals, inst, pre.sr, cfg, ctx, chain, spans)
+    elif chain:
+        ctx.info["chain"] = {"ran": [], "skipped": "no vocals"}
     vp = audio.write_wav(ctx.workdir / "vocals.wav", vocals, pre.sr)
     ip = audio.write_wav(ctx.workdir / "instrumental.wav", inst, pre.sr)
     if cache is not None:
@@ -227,3 +243,105 @@ def run(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, *, vocals_pat
     ctx.progress(1.0)
     return Separated(vocals=vocals, instrumental=inst, sr=pre.sr, has_vocals=bool(has_vocals),
                      vocals_path=vp, instrumental_path=ip)
+
+
+# ---- chain steps after the separator (PipelineConfig.separation_chain) ----------------------
+CHAIN_STEPS = ("karaoke", "dereverb")
+# Share of the stage's progress: the separator, then each step that runs.
+_CHAIN_WEIGHTS = {"separator": 0.6, "karaoke": 0.25, "dereverb": 0.15}
+
+
+def _chain_steps(cfg: PipelineConfig) -> list[tuple[str, dict]]:
+    chain = cfg.separation_chain or {}
+    unknown = [k for k in chain if k not in CHAIN_STEPS and k != "convert_backing"]
+    if unknown:
+        raise PipelineError("separate", f"unknown separation chain step(s) {', '.join(map(repr, unknown))} "
+                                        f"(steps: {', '.join(CHAIN_STEPS)}, convert_backing)", code="invalid_option")
+    steps = []
+    for step in CHAIN_STEPS:
+        spec = chain.get(step)
+        if not spec:
+            continue
+        if not isinstance(spec, dict) or not spec.get("engine"):
+            raise PipelineError("separate", f"separation chain step {step!r} needs {{'engine': NAME, 'options': {{...}}}}",
+                                code="invalid_option")
+        steps.append((step, spec))
+    return steps
+
+
+def _chain_spans(steps: list[tuple[str, dict]]) -> list[float]:
+    """Cumulative ends of the separator's and each step's share of the stage (last one 1.0)."""
+    w = [_CHAIN_WEIGHTS["separator"]] + [_CHAIN_WEIGHTS[s] for s, _ in steps]
+    total, acc, ends = sum(w), 0.0, []
+    for x in w:
+        acc += x / total
+        ends.append(acc)
+    ends[-1] = 1.0
+    return ends
+
+
+def _step_context(ctx: StageContext, start: float, end: float, info: dict) -> StageContext:
+    """A context whose 0..1 progress covers ``start..end`` of ``ctx``'s; shares cancel and warnings."""
+    def on_event(ev):
+        ctx.progress(start + (end - start) * ev.progress, ev.message)
+
+    return StageContext(stage=ctx.stage, workdir=ctx.workdir, device=ctx.device, on_event=on_event,
+                        should_cancel=ctx.should_cancel, warnings=ctx.warnings, info=info)
+
+
+def _split(engine, x: np.ndarray, sr: int, ctx: StageContext, role: str) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(engine, "split"):  # the uvr engine knows which output is the lead / the dry one
+        return engine.split(x, sr, ctx, role)
+    return engine.separate(x, sr, ctx)
+
+
+def _run_chain(vocals: np.ndarray, inst: np.ndarray, sr: int, cfg: PipelineConfig, ctx: StageContext,
+               steps: list[tuple[str, dict]], spans: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Karaoke (lead / backing) then de-reverb on the lead. Backing vocals go into the instrumental
+    unconverted unless ``convert_backing``; what de-reverb removes is dropped (the mix adds its own)."""
+    ch, n = vocals.shape
+    convert_backing = bool((cfg.separation_chain or {}).get("convert_backing"))
+    report: dict = {"ran": [], "convert_backing": convert_backing}
+    lead, backing = vocals, None
+    for i, (step, spec) in enumerate(steps):
+        start, end = spans[i], spans[i + 1]
+        name = str(spec["engine"])
+        ctx.progress(start, f"{step} with {name}")
+        engine = build_engine("separator", name, dict(spec.get("options") or {}), ctx.stage)
+        info = dict(engine_facts(engine, name))
+        sub = _step_context(ctx, start, end, info)
+        role = "lead" if step == "karaoke" else "dry"
+        try:
+            kept, rest = _split(engine, lead, sr, sub, role)
+        except (PipelineError, Canceled):
+            raise
+        except Exception as exc:
+            log.exception("separation chain step %s (%s) failed", step, name)
+            raise PipelineError(ctx.stage, f"the {step} step ({name!r}) failed "
+                                           f"({exc.__class__.__name__}: {str(exc)[:200]})", code="engine_error") from None
+        kept, rest = _fit(kept, ch, n), _fit(rest, ch, n)
+        if not (_finite(kept) and _finite(rest)):
+            raise PipelineError(ctx.stage, f"the {step} step ({name!r}) returned invalid samples (NaN/inf)",
+                                code="engine_error")
+        if step == "karaoke":
+            lead, backing = kept, rest
+            audio.write_wav(ctx.workdir / "lead_vocals.wav", lead, sr)
+            audio.write_wav(ctx.workdir / "backing_vocals.wav", backing, sr)
+            info["backing_level_db"] = round(loudness.rms_db(backing), 2)
+        else:
+            lead = kept
+            audio.write_wav(ctx.workdir / "removed_reverb.wav", rest, sr)
+            info["removed_level_db"] = round(loudness.rms_db(rest), 2)
+        report[step] = info
+        report["ran"].append(step)
+        ctx.check_cancel()
+    if backing is not None and not convert_backing:
+        vocals, inst = lead, (inst + backing).astype(np.float32)
+        report["backing"] = "mixed into the instrumental, unconverted"
+    elif backing is not None:
+        vocals = (lead + backing).astype(np.float32)
+        report["backing"] = "kept in the vocal and converted"
+    else:
+        vocals = lead
+    ctx.info["chain"] = report
+    return np.ascontiguousarray(vocals, dtype=np.float32), np.ascontiguousarray(inst, dtype=np.float32)
