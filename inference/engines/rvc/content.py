@@ -140,7 +140,8 @@ def restricted_torch_load(path: Path, what: str = "checkpoint") -> Any:
         extra.append((cls, full))
     try:
         with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # zip-format files are memory-mapped: only the pages read are loaded (inspect reads shapes)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         m = re.search(r"GLOBAL (\S+)", msg) or re.search(r"function (\S+)", msg)
@@ -436,7 +437,7 @@ def _build_fairseq(path: Path) -> FairseqHubert:
     for mine, theirs in _fairseq_key_map(model, set(state)).items():
         if theirs not in state:
             raise ContentEncoderError(f"{path.name} has no '{theirs}' entry in its model state dict")
-        ours[mine] = state[theirs].float()
+        ours[mine] = state[theirs].to(torch.float32, copy=True)  # own memory, not the mapped file
     ours["pos_conv.weight"] = _pos_conv_weight(state, path.name)
     want = model.state_dict()
     for k, v in ours.items():
@@ -508,7 +509,8 @@ def _build_transformers(folder: Path):
             raise ContentEncoderError(f"{weights.name}: '{k}' has shape {tuple(v.shape)}, expected "
                                       f"{tuple(want[k].shape)}")
     body.setdefault("masked_spec_embed", torch.zeros(config.hidden_size))  # training-only parameter
-    model.load_state_dict({k: v.float() for k, v in body.items() if k in want}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in body.items() if k in want},
+                          strict=True, assign=True)
     proj = None
     if final:
         if "weight" not in final:
@@ -552,7 +554,10 @@ class ContentEncoder:
         return self._frames(n_samples)
 
     def extract(self, wav16k: torch.Tensor, version: str) -> torch.Tensor:
-        """(1, n) float audio at 16 kHz -> (1, frames, 256 for v1 | 768 for v2)."""
+        """(1, n) float audio at 16 kHz -> (1, frames, 256 for v1 | 768 for v2).
+
+        The result is on the encoder's device in its dtype (float16 when loaded with ``half`` on CUDA).
+        """
         if version not in VERSION_LAYER:
             raise ValueError(f"unknown RVC feature version {version!r} (v1 or v2)")
         if version == "v1" and self.final_proj is None:
