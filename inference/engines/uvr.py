@@ -23,6 +23,15 @@ containers) before the library opens it; a YAML must parse with a safe loader (t
 Demucs bags (``.yaml`` + ``.th``) are refused: the library unpickles those with
 ``weights_only=False``; use the ``demucs`` separator for them.
 
+Options: ``model`` (file name in ``model_dir``, with or without extension, or an absolute path),
+``model_dir``, ``config`` (MDXC YAML), ``model_data`` (the VR/MDX entry, instead of the JSON),
+``arch`` (``vr``/``mdx``/``mdxc``; else from the file), ``vocal_stem`` (the output to keep: the
+vocal for the separator, the lead for a karaoke step, the dry one for de-reverb), ``residual``,
+``device``, ``half``; per architecture ``segment_size``, ``overlap`` (MDX: fraction, MDXC: count),
+``batch_size``, ``hop_length``/``enable_denoise``/``mdx_runtime`` (MDX), ``window_size``/
+``aggression``/``enable_tta``/``high_end_process``/``post_process`` (VR). Unset ones keep the
+library's defaults (MDX segment = the model's dim_t; MDXC: the YAML's).
+
 Loaded once per engine instance (the registry keeps one per option set): the library's
 ``Separator`` with its architecture object, whose weights are loaded eagerly in ``__init__``.
 ``separate`` writes the song to ``ctx.tmpdir`` (the library reads files), takes the stems from
@@ -133,11 +142,9 @@ def check_safe_torch_file(path: Path) -> dict:
     """``torch.load(weights_only=True)``: tensors and plain containers only, else refused."""
     import torch
     try:
-        try:
+        try:  # memory-mapped when the file is a zip checkpoint (no second copy of a 600 MB model)
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
-                raise
+        except Exception:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
@@ -496,6 +503,7 @@ class UvrSeparator:
                     import onnx2torch
                     inst.model_run = onnx2torch.convert(str(self.model_path)).to(dev).eval()
                     inst.uses_pytorch_inference = True
+                    inst.resolve_execution_policy("mdx")  # autocast applies now that torch runs it
         except DownloadRefused as exc:
             raise PipelineError(STAGE, f"audio-separator wanted to download a file: {exc}",
                                 code="model_missing") from None
@@ -587,8 +595,7 @@ class UvrSeparator:
             audio = audio[None, :]
         stems = self.stems(audio, sr, ctx)
         names = list(stems)
-        keep = pick_stem(names, role, self.vocal_stem if role == "vocals" or len(names) == 2 and self.vocal_stem
-                         else None, self.model_label)
+        keep = pick_stem(names, role, self.vocal_stem, self.model_label)
         kept = stems[keep]
         if self.residual if residual is None else residual:
             rest = (audio - kept).astype(np.float32)

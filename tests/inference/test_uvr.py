@@ -80,13 +80,10 @@ def test_each_architecture_separates(models, tmp_path, model, arch, kept):
     np.testing.assert_allclose(vocals + inst, song, atol=1e-5)  # residual instrumental: sums back
     progress = [e.progress for e in events if e.type == "progress"]
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 3
-    info = ctx_for(tmp_path).info
-    info = {}
     c = ctx_for(tmp_path)
     eng.separate(song[:, : SR // 2], SR, c)
     assert c.info["kept_stem"] == kept and c.info["arch"] == arch and c.info["device"] == "cpu"
     assert not list((tmp_path / "tmp").glob("*.wav"))  # the scratch input is removed
-    del info
 
 
 def test_song_rate_channels_length_come_back(models, tmp_path):
@@ -107,6 +104,51 @@ def test_mdx_model_stems_sum_back(models, tmp_path):
     stems = eng.stems(song, SR, ctx_for(tmp_path))
     assert sorted(stems) == ["Instrumental", "Vocals"]
     np.testing.assert_allclose(stems["Instrumental"], inst, atol=1e-6)
+
+
+def test_mdx_through_torch_matches_onnxruntime(models, tmp_path):
+    """mdx_runtime="torch" (what CUDA without onnxruntime-gpu uses): onnx2torch converts the same
+    ONNX graph (torchvision is a stand-in here), and the stems match onnxruntime's."""
+    import torchvision
+    song = tiny_uvr.song(1.0)
+    a, _ = engine(models, "tiny_mdx.onnx").separate(song, SR, ctx_for(tmp_path))
+    eng = engine(models, "tiny_mdx.onnx", mdx_runtime="torch")
+    b, _ = eng.separate(song, SR, ctx_for(tmp_path))
+    import torch
+    assert isinstance(eng.library.model_instance.model_run, torch.nn.Module)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    if getattr(torchvision, "__stub__", False):
+        with pytest.raises(RuntimeError, match="not installed"):
+            torchvision.ops.nms(None, None, 0.5)
+
+
+@pytest.mark.parametrize("names,role,expected", [
+    (["Vocals", "Instrumental"], "vocals", "Vocals"),
+    (["Instrumental", "Vocals"], "vocals", "Vocals"),
+    (["vocals", "other"], "vocals", "vocals"),
+    (["No Vocals", "Vocals"], "vocals", "Vocals"),
+    (["Vocals", "Drums", "Bass", "Other"], "vocals", "Vocals"),
+    (["Instrumental", "Vocals"], "lead", "Vocals"),           # karaoke: Vocals = the lead
+    (["Lead Vocals", "Backing Vocals"], "lead", "Lead Vocals"),
+    (["karaoke", "vocals"], "lead", "vocals"),
+    (["No Reverb", "Reverb"], "dry", "No Reverb"),
+    (["noreverb", "reverb"], "dry", "noreverb"),
+    (["No Echo", "Echo"], "dry", "No Echo"),
+    (["dry", "no dry"], "dry", "dry"),
+    (["Reverb", "No Reverb"], "dry", "No Reverb"),
+])
+def test_pick_stem(names, role, expected):
+    from inference.engines.uvr import pick_stem
+    assert pick_stem(names, role) == expected
+    assert pick_stem(names, role, override=names[-1].upper()) == names[-1]
+
+
+def test_pick_stem_refusals():
+    from inference.engines.uvr import pick_stem
+    with pytest.raises(PipelineError, match="vocal_stem"):
+        pick_stem(["male", "female"], "vocals", model="m.ckpt")
+    with pytest.raises(PipelineError, match="no output stem 'Lead'"):
+        pick_stem(["Vocals", "Instrumental"], "vocals", override="Lead")
 
 
 def test_one_library_instance_per_model_across_calls(models, tmp_path):
