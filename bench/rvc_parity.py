@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -124,6 +125,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=200, help="frames per parity case (100 per second)")
     ap.add_argument("--bench-frames", type=int, default=1000, help="frames for the timing (0 = skip)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-parity", action="store_true", help="only the timing")
+    ap.add_argument("--half", action="store_true",
+                    help="also run ours in half precision (CUDA only) against upstream in float32: reports SNR")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     models = import_upstream(a.upstream)
@@ -133,6 +137,8 @@ def main() -> int:
     cases = [(size, v, f0, sr) for size in ("tiny",) for v in ("v1", "v2") for f0 in (True, False)
              for sr in (32000, 40000, 48000)]
     cases += [("full", v, f0, 40000) for v in ("v2", "v1") for f0 in (True, False)]
+    if a.no_parity:
+        cases = []
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, {a.frames} frames per case")
     print(f"{'model':<6}{'variant':<14}{'sr':>6}{'samples':>9}{'max|diff|':>12}{'SNR dB':>9}{'rms':>8}  note")
     for i, (size, v, f0, sr) in enumerate(cases):
@@ -156,6 +162,14 @@ def main() -> int:
             rows.append(r)
             name = f"{v} {'f0' if f0 else 'no-f0'}"
             print(f"{size:<6}{name:<14}{sr:>6}{r['samples']:>9}{r['max_abs_diff']:>12.2e}{r['snr_db']:>9.1f}{r['rms']:>8.3f}  {note}")
+            if a.half and note == "whole":
+                from inference.engines.rvc.checkpoint import build_synthesizer, read_rvc_checkpoint
+
+                half = build_synthesizer(*read_rvc_checkpoint(path), device=dev, half=True)
+                r = compare(ref, run_ours(half, args, seed=1234 + i).float())
+                r.update(model=size, version=v, f0=f0, sr=sr, note="ours half vs upstream float32")
+                rows.append(r)
+                print(f"{size:<6}{name:<14}{sr:>6}{r['samples']:>9}{r['max_abs_diff']:>12.2e}{r['snr_db']:>9.1f}{r['rms']:>8.3f}  {r['note']}")
 
     timing = {}
     if a.bench_frames:
@@ -164,21 +178,42 @@ def main() -> int:
         args = inputs(a.bench_frames, 768, seed=7, device=dev)
         for label, fn in (("ours", lambda: run_ours(ours, args, 0)), ("upstream", lambda: run_upstream(up, True, args, 0))):
             fn()  # warm-up
-            times = []
+            times, cpu = [], []
             for _ in range(a.runs):
                 if dev.startswith("cuda"):
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 if dev.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
             timing[label] = statistics.median(times)
+            timing[label + "_cpu"] = statistics.median(cpu)
+            if a.half and label == "ours":
+                from inference.engines.rvc.checkpoint import build_synthesizer, read_rvc_checkpoint
+
+                half = build_synthesizer(*read_rvc_checkpoint(path), device=dev, half=True)
+                run_ours(half, args, 0)
+                t0 = time.perf_counter()
+                run_ours(half, args, 0)
+                if dev.startswith("cuda"):
+                    torch.cuda.synchronize()
+                timing["ours_half"] = time.perf_counter() - t0
         secs = a.bench_frames / 100
         print(f"full-size v2 40k f0, {secs:.0f} s of features on {dev} ({torch.get_num_threads()} threads): "
               f"ours {timing['ours']:.2f} s (RTF {timing['ours'] / secs:.3f}), upstream {timing['upstream']:.2f} s "
-              f"(RTF {timing['upstream'] / secs:.3f}), median of {a.runs}")
-    worst = max(r["max_abs_diff"] for r in rows)
+              f"(RTF {timing['upstream'] / secs:.3f}), median of {a.runs}; process CPU time ours "
+              f"{timing['ours_cpu']:.2f} s, upstream {timing['upstream_cpu']:.2f} s; load average "
+              f"{os.getloadavg()[0]:.1f}"
+              + (f"; ours half {timing['ours_half']:.3f} s" if "ours_half" in timing else ""))
+    if dev == "cpu":
+        import resource
+
+        print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    else:
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    worst = max((r["max_abs_diff"] for r in rows if "half" not in r["note"]), default=0.0)
     print(f"worst max|diff| {worst:.2e} -> {'PASS' if ok else 'FAIL'} (target < {TOLERANCE:g}, float32)")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "timing_s": timing, "frames": a.frames,

@@ -156,7 +156,8 @@ def fold_weight_norm(weights: Mapping[str, torch.Tensor], name: str = "model") -
             missing = "weight_g" if "g" not in pair else "weight_v"
             raise RvcFormatError(f"{name}: {base}.{missing} is missing (weight-norm pair incomplete)")
         g, v = pair["g"].float(), pair["v"].float()
-        out[base + ".weight"] = torch._weight_norm(v, g, 0)
+        norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+        out[base + ".weight"] = v * (g / norm)
     return out
 
 
