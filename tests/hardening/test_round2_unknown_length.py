@@ -61,7 +61,7 @@ def test_piped_audio_of_unknown_length_is_accepted_by_the_api(client, api_key, s
     duration = (body.get("inputs") or {}).get("song", {}).get("duration")
     outcome(f"song piped from ffmpeg as {name} ({header}) through the API",
             expected=f"201, measured duration {SECONDS:g} s",
-            measured=f"{resp.status_code} duration {duration}" if resp.status_code == 201 else
+            measured=f"{resp.status_code} duration {duration:.3f} s" if resp.status_code == 201 else
             f"{resp.status_code} {body.get('error')}")
     assert resp.status_code == 201, body
     # codec priming/padding (MP3, AAC, Opus) adds a few tens of ms
