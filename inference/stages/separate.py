@@ -90,18 +90,23 @@ def _finite(x: np.ndarray, block: int = 1 << 18) -> bool:
     return all(bool(np.all(np.isfinite(x[:, s:s + block]))) for s in range(0, x.shape[1], block))
 
 
-def _decode_stem(path, field: str, max_seconds: float) -> tuple[np.ndarray, int]:
-    return audio.decode(path, field, max_seconds=max_seconds)
+def _decode_stem(path, field: str, max_seconds: float, scratch: Path) -> tuple[np.ndarray, int]:
+    """A client's stem, decoded in a child process with limits when this process opted in
+    (audio.isolate_decoding: the service's worker), like preprocess decodes a song."""
+    if audio.decoding_isolation() is None:
+        return audio.decode(path, field, max_seconds=max_seconds)
+    _, data, sr = audio.decode_isolated(path, field, max_seconds=max_seconds, scratch=scratch)
+    return data, sr
 
 
 def song_from_stems(vocals_path, instrumental_path, out_path: Path, max_seconds: float) -> Path:
     """The "song" of a job that brought its own stems: vocals + instrumental (resampled to the
     vocal's rate, cut or padded to its length; silence when absent), as a float WAV so the sum
     never clips. Preprocess then checks it like any song."""
-    vocals, sr = _decode_stem(vocals_path, "vocals", max_seconds)
+    vocals, sr = _decode_stem(vocals_path, "vocals", max_seconds, Path(out_path).parent)
     song = vocals
     if instrumental_path is not None:
-        inst, isr = _decode_stem(instrumental_path, "instrumental", max_seconds)
+        inst, isr = _decode_stem(instrumental_path, "instrumental", max_seconds, Path(out_path).parent)
         inst = audio.resample(inst, isr, sr)
         ch = max(vocals.shape[0], inst.shape[0])
         song = _fit(vocals, ch, vocals.shape[1]) + _fit(inst, ch, vocals.shape[1])
@@ -114,10 +119,10 @@ def _provided(pre: Preprocessed, cfg: PipelineConfig, ctx: StageContext, vocals_
     ctx.info.update({"name": "provided", "version": "-", "skipped": True, "cached": True})
     ch, n = pre.song.shape
     lim = cfg.limits.max_song_seconds
-    v, vsr = _decode_stem(vocals_path, "vocals", lim)
+    v, vsr = _decode_stem(vocals_path, "vocals", lim, ctx.workdir)
     vocals = _fit(audio.resample(v, vsr, pre.sr), ch, n)
     if instrumental_path is not None:
-        i, isr = _decode_stem(instrumental_path, "instrumental", lim)
+        i, isr = _decode_stem(instrumental_path, "instrumental", lim, ctx.workdir)
         inst = _fit(audio.resample(i, isr, pre.sr), ch, n)
     else:
         inst = np.zeros_like(vocals)

@@ -84,3 +84,33 @@ def test_a_decoder_crash_in_the_worker_fails_the_job_and_the_worker_runs_the_nex
     assert ok.status == "succeeded", ok.error_message
     assert failed.worker_name == ok.worker_name == w.name
     assert not any(settings.COVER_WORK_ROOT.glob("*/*.npy"))  # the child's sample file is gone
+
+
+def test_a_decoder_crash_on_a_clients_vocal_stem_fails_only_that_job(api_key, song_bytes, ref_bytes, settings,
+                                                                     monkeypatch, restore_signals, outcome):
+    """Stems the client brings (``vocals``) are decoded the same way as a song."""
+    from covers import worker as worker_mod
+
+    settings.COVER_QUALITY_REPORT = False
+    monkeypatch.setattr(worker_mod, "DECODE_TARGET", crashers.segfault_on_marker)
+    _, raw = api_key
+    resp = Client().post("/api/v1/cover/jobs", {"vocals": upload("v.wav", song_bytes + crashers.MARKER),
+                                                "reference_voice": upload("r.wav", ref_bytes),
+                                                "converter": "test-h2-quick"}, HTTP_X_API_KEY=raw)
+    assert resp.status_code == 201, resp.content
+    bad = resp.json()["job_id"]
+    good = _create(raw, song_bytes, ref_bytes)
+    w = worker_mod.CoverWorker([Queue(settings.COVER_QUEUE_NAME, connection=redis_connection())],
+                               connection=redis_connection())
+    try:
+        w.work(burst=True)
+    finally:
+        from inference import audio
+        audio.isolate_decoding(None)
+    failed, ok = CoverJob.objects.get(pk=bad), CoverJob.objects.get(pk=good)
+    outcome("a decoder SIGSEGV on a client's vocals stem inside the worker",
+            expected="job failed corrupt_audio naming vocals; the next job succeeds",
+            measured=f"{failed.status} {failed.error_code}: {failed.error_message}; next job {ok.status}")
+    assert (failed.status, failed.error_code) == ("failed", "corrupt_audio"), failed.error_message
+    assert "vocals could not be read: the decoder crashed on it (SIGSEGV)" in failed.error_message
+    assert ok.status == "succeeded", ok.error_message
