@@ -91,3 +91,28 @@ def _zombie(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_worker_does_not_outlive_a_killed_supervisor(e2e_database, django_db_blocker, tmp_path):
+    from covers.queue import redis_connection
+
+    with django_db_blocker.unblock():
+        env = e2e_env(tmp_path, COVER_WORKER_WITH_SCHEDULER="false")
+    conn = redis_connection()
+    log_path = tmp_path / "supervisor.log"
+    proc = subprocess.Popen([sys.executable, "manage.py", "supervise_worker", "cover"], cwd=ROOT, env=env,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    logs = lambda: log_path.read_text(errors="replace")[-6000:]  # noqa: E731
+    worker = None
+    try:
+        worker = wait_for(lambda: list(_workers(conn)), 60, "the worker to register", logs)[0]
+        proc.kill()  # SIGKILL: no chance to pass anything on
+        proc.wait(timeout=10)
+        wait_for(lambda: not os.path.exists(f"/proc/{worker}") or _zombie(worker), 30,
+                 "the orphaned worker to stop", logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if worker and os.path.exists(f"/proc/{worker}") and not _zombie(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -48,7 +48,7 @@ class Command(BaseCommand):
         def start() -> subprocess.Popen:
             # its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
             # it on once (a second Ctrl-C would turn the worker's warm shutdown into a cold one)
-            proc = subprocess.Popen(cmd, cwd=str(settings.BASE_DIR), process_group=0)
+            proc = subprocess.Popen(cmd, cwd=str(settings.BASE_DIR), process_group=0, preexec_fn=_die_with_parent)
             self._say(f"worker started: pid {proc.pid} ({' '.join(queues)})")
             return proc
 
@@ -84,3 +84,14 @@ class Command(BaseCommand):
         stream = self.stderr if error else self.stdout
         stream.write(f"[supervise_worker] {message}")
         stream.flush()
+
+
+def _die_with_parent() -> None:
+    """In the worker before exec (Linux): SIGTERM it when the supervisor itself dies (SIGKILL
+    included), so no worker outlives its supervisor unnoticed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the supervisor's own SIGTERM handling still stops it
+        pass
