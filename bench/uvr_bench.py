@@ -20,7 +20,7 @@ as a job would (python-audio-separator's own classes):
   (dim 384, depth 12, 60 bands).
 
 The song is 30 s of stereo 44.1 kHz test audio. Each model runs in its own subprocess (peak RSS
-is that process's ``ru_maxrss``, or the CUDA peak allocation on ``--device cuda``): one warm-up
+is that process's VmHWM, or the CUDA peak allocation on ``--device cuda``): one warm-up
 separation of 10 s (also the cost estimate), then the median of 3 separations of 30 s; when that
 would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says.
 Prints a markdown table.
@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,7 +167,7 @@ def child(args) -> None:
     t0 = time.perf_counter()
     eng = UvrSeparator(model_dir=args.models, device=args.device, **opts)
     load_s = time.perf_counter() - t0
-    params = sum(p.numel() for m in _modules(eng) for p in m.parameters())
+    params = _params(eng)
 
     def run(x):
         if args.device.startswith("cuda"):
@@ -185,12 +187,29 @@ def child(args) -> None:
         secs, times = 30, [run(song30)]
     else:
         secs, times = 10, [run(song10)] if warm * 3 > args.budget else [run(song10) for _ in range(3)]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else _vm_hwm_mib()
     print("RESULT " + json.dumps({"arch": eng.arch, "precision": eng.precision, "runtime": getattr(eng, "mdx_runtime", ""),
                                   "params_m": round(params / 1e6, 1), "load_s": round(load_s, 1),
                                   "warmup_s": round(warm, 1), "seconds": secs, "runs": len(times),
                                   "rtf": statistics.median(times) / secs, "peak_mib": round(peak)}), flush=True)
+
+
+def _vm_hwm_mib() -> float:
+    """This process's peak RSS. Not ru_maxrss: Linux carries that over exec from the parent
+    (which built the models), VmHWM belongs to the new address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _params(eng) -> int:
+    import torch
+    run = getattr(eng.library.model_instance, "model_run", None)
+    if isinstance(run, torch.nn.Module):
+        return sum(p.numel() for p in run.parameters())
+    import onnx  # the ONNX graph's weights
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(eng.model_path)).graph.initializer)
 
 
 def _modules(eng):

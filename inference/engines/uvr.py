@@ -253,6 +253,9 @@ def _offline_separator_class():
             raise DownloadRefused(f"{os.path.basename(output_path)} is missing in {os.path.dirname(output_path)} "
                                   f"and nothing is downloaded (the library wanted {url})")
 
+        def check_ffmpeg_installed(self):
+            """Stems come back in memory (never through pydub/ffmpeg): no ffmpeg needed."""
+
         def list_supported_model_files(self):
             raise DownloadRefused("the online model list is never read")
 

@@ -122,6 +122,18 @@ def test_mdx_through_torch_matches_onnxruntime(models, tmp_path):
             torchvision.ops.nms(None, None, 0.5)
 
 
+def test_vr_net_chosen_from_the_weights_not_the_file_size():
+    """RVC ships UVR's HP nets in float16 (HP2_all_vocals.pth, ~62 MB): by file size the library
+    would build a VR 5.1 net (56817 KiB); the float32 size of the weights picks the HP net."""
+    from audio_separator.separator.uvr_lib_v5.vr_network import nets
+    from inference.engines.uvr import VR_ARCH_SIZES, _vr_arch_size
+    net = nets.determine_model_capacity(672 * 2, 123821)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    fp16_kib = sum(v.numel() * v.element_size() for v in half.values()) / 1024
+    assert min(VR_ARCH_SIZES, key=lambda s: abs(s - fp16_kib)) == 56817
+    assert _vr_arch_size(half) in (123821, 123812)
+
+
 @pytest.mark.parametrize("names,role,expected", [
     (["Vocals", "Instrumental"], "vocals", "Vocals"),
     (["Instrumental", "Vocals"], "vocals", "Vocals"),
