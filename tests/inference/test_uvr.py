@@ -405,3 +405,18 @@ def test_chain_refusals(models, tmp_path):
     with pytest.raises(PipelineError) as ei:
         separate.run(_pre(_voiced(SECONDS)), cfg, ctx_for(tmp_path))
     assert ei.value.code == "model_missing" and "gone.pth is missing" in ei.value.message
+
+
+def test_chain_is_part_of_the_stem_cache_key(models, tmp_path):
+    from inference.stem_cache import FileStemCache
+    song = _voiced(1.0)
+    cache = FileStemCache(tmp_path / "cache")
+    for i, (cfg, cached) in enumerate(((_cfg(models), False), (_cfg(models, karaoke=True), False),
+                                       (_cfg(models, karaoke=True), True))):
+        work = tmp_path / f"w{i}"
+        work.mkdir()
+        ctx = ctx_for(work)
+        separate.run(_pre(song), cfg, ctx, cache=cache)
+        assert bool(ctx.info.get("cached")) is cached, i
+        if i:
+            assert ctx.info["chain"]["ran"] == ["karaoke"]
