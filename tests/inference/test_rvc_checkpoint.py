@@ -141,6 +141,14 @@ def test_parametrizations_spelling_of_weight_norm_loads_the_same(tiny, tmp_path)
     assert torch.equal(outs[0], outs[1])
 
 
+def test_legacy_non_zip_torch_file_loads(tiny, tmp_path):
+    data = torch.load(tiny("v1", True, 40000), weights_only=True)
+    path = tmp_path / "legacy.pth"
+    torch.save(data, path, _use_new_zipfile_serialization=False)  # files saved by old torch versions
+    ckpt, state = read_rvc_checkpoint(path)
+    assert ckpt.version == "v1" and ckpt.sr == 40000 and "emb_g.weight" in state
+
+
 def test_version_absent_means_v1(tiny, tmp_path):
     path = _rewrite(tiny("v1", True, 40000), tmp_path / "old.pth", version=None)
     assert read_rvc_checkpoint(path)[0].version == "v1"
