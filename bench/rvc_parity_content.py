@@ -16,6 +16,8 @@
 - Cost: each side in its own child process (so peak RSS is its own): load, one warm-up call, then
   the median wall time (and CPU time, less sensitive to other load on a shared machine) of 3 calls
   on ``--seconds`` of audio, and the process's peak RSS (VmHWM).
+- ``--long S``: our RMVPE on S seconds, windowed (as shipped) and in one pass: peak RSS of each and
+  how far the two f0 tracks differ (random weights: a bound on the seams' effect, not a quality figure).
 
 Upstream code is only imported from ``--upstream`` (never copied into this project).
 """
@@ -150,6 +152,9 @@ def child(args) -> None:
         f0, _ = (ours_rmvpe(Path(files["rmvpe"])) if args.child == "ours-rmvpe"
                  else upstream_rmvpe(Path(args.upstream), Path(files["rmvpe"])))
         calls = {"f0": lambda: f0(wav)}
+    if args.child == "ours-rmvpe-long":
+        long_child(args, files)
+        return
     load_s = time.perf_counter() - t0
     rss_loaded = peak_rss_mib()
     out = {"what": args.child, "threads": torch.get_num_threads(), "load_s": round(load_s, 2),
@@ -166,6 +171,29 @@ def child(args) -> None:
         out[f"{name}_median_cpu_s"] = round(statistics.median(cpu), 3)
         out[f"{name}_rtf"] = round(statistics.median(times) / args.seconds, 4)
     out["peak_rss_mib"] = round(peak_rss_mib())
+    print(json.dumps(out))
+
+
+def long_child(args, files: dict) -> None:
+    """Our RMVPE on a long input: windowed (as shipped) vs one pass over everything."""
+    from inference.engines.rvc import rmvpe as rm
+
+    wav = test_audio(args.long)
+    model = rm.load_rmvpe(Path(files["rmvpe"]))
+    base = peak_rss_mib()
+    t, c = time.perf_counter(), time.process_time()
+    windowed = model.f0(wav)
+    out = {"what": "ours-rmvpe-long", "seconds": args.long, "wall_s": round(time.perf_counter() - t, 2),
+           "cpu_s": round(time.process_time() - c, 2), "rss_after_load_mib": round(base),
+           "peak_rss_windowed_mib": round(peak_rss_mib())}
+    rm.SINGLE_PASS_FRAMES = 10 ** 9
+    whole = model.f0(wav)
+    both = (windowed > 0) & (whole > 0)
+    cents = 1200 * np.abs(np.log2(windowed[both] / whole[both]))
+    out.update({"peak_rss_after_one_pass_mib": round(peak_rss_mib()), "frames": len(whole),
+                "voiced_in_one_only": int(((windowed > 0) != (whole > 0)).sum()),
+                "frames_off_by_over_50_cents": int((cents > 50).sum()),
+                "max_cents_diff": round(float(cents.max()), 2) if cents.size else None})
     print(json.dumps(out))
 
 
@@ -197,6 +225,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--long", type=float, default=0.0,
+                    help="also run our RMVPE on this many seconds: windowed vs one pass, peak RSS of each")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -213,9 +243,10 @@ def main() -> None:
         if not args.no_timing:
             report["cost"] = []
             enc_files = json.dumps({k: str(v) for k, v in files.items()})
-            for what in ("ours-hubert", "upstream-hubert", "ours-rmvpe", "upstream-rmvpe"):
+            sides = ["ours-hubert", "upstream-hubert", "ours-rmvpe", "upstream-rmvpe"]
+            for what in sides + (["ours-rmvpe-long"] if args.long else []):
                 cmd = [sys.executable, __file__, "--upstream", str(upstream), "--seconds", str(args.seconds),
-                       "--child", what, "--files", enc_files]
+                       "--long", str(args.long), "--child", what, "--files", enc_files]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
                 if proc.returncode:
                     sys.exit(f"{what} failed:\n{proc.stderr[-3000:]}")

@@ -122,8 +122,10 @@ def _default_allowed_globals() -> set[str]:
         return set()
 
 
-def restricted_torch_load(path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` with our config stand-ins allowed; anything else refused."""
+def restricted_torch_load(path: Path, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with our config stand-ins allowed; anything else refused.
+
+    ``mmap`` maps a zip-format file instead of reading it (for reading shapes only)."""
     names = _pickled_globals(path)
     allowed = _default_allowed_globals()
     extra: list[tuple[type, str]] = []
@@ -140,8 +142,8 @@ def restricted_torch_load(path: Path, what: str = "checkpoint") -> Any:
         extra.append((cls, full))
     try:
         with torch.serialization.safe_globals(extra):
-            # zip-format files are memory-mapped: only the pages read are loaded (inspect reads shapes)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         m = re.search(r"GLOBAL (\S+)", msg) or re.search(r"function (\S+)", msg)
@@ -415,8 +417,8 @@ def _fairseq_hparams(ckpt: dict, state: dict, name: str) -> dict:
     return hp
 
 
-def _read_fairseq(path: Path) -> tuple[dict, dict]:
-    ckpt = restricted_torch_load(path, "content-encoder checkpoint")
+def _read_fairseq(path: Path, mmap: bool = False) -> tuple[dict, dict]:
+    ckpt = restricted_torch_load(path, "content-encoder checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict):
         raise ContentEncoderError(f"{path.name} is not a checkpoint dict (got {type(ckpt).__name__})")
     state = ckpt.get("model")
@@ -433,18 +435,20 @@ def _build_fairseq(path: Path) -> FairseqHubert:
     hp = _fairseq_hparams(ckpt, state, path.name)
     with torch.device("meta"):  # no random init: every parameter comes from the file
         model = FairseqHubert(**hp)
-    ours = {}
+    want = model.state_dict()
+    ours = {"pos_conv.weight": _pos_conv_weight(state, path.name)}
     for mine, theirs in _fairseq_key_map(model, set(state)).items():
         if theirs not in state:
             raise ContentEncoderError(f"{path.name} has no '{theirs}' entry in its model state dict")
-        ours[mine] = state[theirs].to(torch.float32, copy=True)  # own memory, not the mapped file
-    ours["pos_conv.weight"] = _pos_conv_weight(state, path.name)
-    want = model.state_dict()
-    for k, v in ours.items():
-        if tuple(v.shape) != tuple(want[k].shape):
-            src = _fairseq_key_map(model, set(state)).get(k, "encoder.pos_conv.0.weight")
-            raise ContentEncoderError(f"{path.name}: '{src}' has shape {tuple(v.shape)}, expected "
-                                      f"{tuple(want[k].shape)}")
+        if tuple(state[theirs].shape) != tuple(want[mine].shape):
+            raise ContentEncoderError(f"{path.name}: '{theirs}' has shape {tuple(state[theirs].shape)}, "
+                                      f"expected {tuple(want[mine].shape)}")
+        ours[mine] = state.pop(theirs).float()  # drop the stored (often float16) copy as we go
+    if tuple(ours["pos_conv.weight"].shape) != tuple(want["pos_conv.weight"].shape):
+        raise ContentEncoderError(f"{path.name}: 'encoder.pos_conv.0.weight_v' has shape "
+                                  f"{tuple(ours['pos_conv.weight'].shape)}, expected "
+                                  f"{tuple(want['pos_conv.weight'].shape)}")
+    del ckpt, state
     model.load_state_dict(ours, strict=True, assign=True)
     return model.eval()
 
@@ -509,8 +513,7 @@ def _build_transformers(folder: Path):
             raise ContentEncoderError(f"{weights.name}: '{k}' has shape {tuple(v.shape)}, expected "
                                       f"{tuple(want[k].shape)}")
     body.setdefault("masked_spec_embed", torch.zeros(config.hidden_size))  # training-only parameter
-    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in body.items() if k in want},
-                          strict=True, assign=True)
+    model.load_state_dict({k: v.float() for k, v in body.items() if k in want}, strict=True, assign=True)
     proj = None
     if final:
         if "weight" not in final:
@@ -641,7 +644,7 @@ def inspect_content_encoder(path) -> dict:
                 raise ContentEncoderError(f"{p.name}/config.json has no '{key}'")
         return {"format": "transformers", "layers": int(cfg["num_hidden_layers"]),
                 "dim": int(cfg["hidden_size"]), "has_final_proj": has_proj, "sha256": _sha256(p)}
-    ckpt, state = _read_fairseq(p)
+    ckpt, state = _read_fairseq(p, mmap=True)  # shapes only: nothing but the pickle is read
     hp = _fairseq_hparams(ckpt, state, p.name)
     return {"format": "fairseq", "layers": hp["layers"], "dim": hp["dim"],
             "has_final_proj": hp["final_proj_dim"] is not None, "sha256": _sha256(p)}

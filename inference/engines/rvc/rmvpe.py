@@ -300,7 +300,8 @@ def load_rmvpe(path, device: str = "cpu", half: bool = False) -> Rmvpe:
         raise RmvpeError(f"RMVPE model {p} does not exist")
     state = _read_state(p)
     hp = rmvpe_hparams(state, p.name)
-    net = RmvpeNet(**hp)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        net = RmvpeNet(**hp)
     want = net.state_dict()
     missing = [k for k in want if k not in state]
     if missing:
@@ -312,7 +313,7 @@ def load_rmvpe(path, device: str = "cpu", half: bool = False) -> Rmvpe:
     for k, v in want.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise RmvpeError(f"{p.name}: '{k}' has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
-    net.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()})
+    net.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()}, assign=True)
     log.info("rmvpe %s (%s) on %s%s", p.name, hp, device, " half" if half else "")
     return Rmvpe(net, path=p, device=device, half=half)
 
