@@ -23,7 +23,8 @@ The song is 30 s of stereo 44.1 kHz test audio. Each model runs in its own subpr
 is that process's VmHWM, or the CUDA peak allocation on ``--device cuda``): one warm-up
 separation of 10 s (also the cost estimate), then the median of 3 separations of 30 s; when that
 would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says.
-Prints a markdown table.
+Prints a markdown table; beside the wall-clock RTF, the process's CPU seconds per second of audio
+(what the separation costs when the machine is shared: the wall figure then includes waiting).
 """
 from __future__ import annotations
 
@@ -169,14 +170,17 @@ def child(args) -> None:
     load_s = time.perf_counter() - t0
     params = _params(eng)
 
+    cpu = []
+
     def run(x):
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         v, i = eng.separate(x, SR, ctx)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         assert np.all(np.isfinite(v))
+        cpu.append((time.process_time() - c) / (x.shape[1] / SR))
         return time.perf_counter() - t
 
     warm = run(song10)
@@ -191,7 +195,8 @@ def child(args) -> None:
     print("RESULT " + json.dumps({"arch": eng.arch, "precision": eng.precision, "runtime": getattr(eng, "mdx_runtime", ""),
                                   "params_m": round(params / 1e6, 1), "load_s": round(load_s, 1),
                                   "warmup_s": round(warm, 1), "seconds": secs, "runs": len(times),
-                                  "rtf": statistics.median(times) / secs, "peak_mib": round(peak)}), flush=True)
+                                  "rtf": statistics.median(times) / secs,
+                                  "cpu_rtf": statistics.median(cpu[1:]), "peak_mib": round(peak)}), flush=True)
 
 
 def _vm_hwm_mib() -> float:
@@ -252,11 +257,13 @@ def main() -> None:
     mem = "peak CUDA MiB" if args.device.startswith("cuda") else "peak RSS MiB"
     print(f"\n`bench/uvr_bench.py --device {args.device} --threads {args.threads or 'default'}` "
           f"({os.cpu_count()} CPUs; 1-min load average before each model in the last column)\n")
-    print(f"| model | params | precision | audio measured | runs | RTF (median) | {mem} | load (s) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| model | params | precision | audio measured | runs | RTF wall (median) | CPU s per audio s | {mem} "
+          "| load (s) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['params_m']} M | {r['precision']}{' ' + r['runtime'] if r['runtime'] and r['arch'] == 'MDX' else ''} "
-              f"| {r['seconds']} s | {r['runs']} | {r['rtf']:.3f} | {r['peak_mib']} | {r['load_s']} | {r['load_before']} |")
+              f"| {r['seconds']} s | {r['runs']} | {r['rtf']:.3f} | {r['cpu_rtf']:.3f} | {r['peak_mib']} | {r['load_s']} "
+              f"| {r['load_before']} |")
 
 
 if __name__ == "__main__":

@@ -301,8 +301,11 @@ class UvrSeparator:
         if self.arch == "MDXC":
             self.config_path = self._find_config(config)
             yaml_data = load_yaml_safely(self.config_path)
+            model_cfg = yaml_data.get("model") or {}
+            self.is_roformer = "freqs_per_bands" in model_cfg or "num_bands" in model_cfg
             self.lib_sr = int((yaml_data.get("audio") or {}).get("sample_rate") or 44100)
         else:
+            self.is_roformer = False
             self.lib_sr = 44100
         if self.model_path.suffix.lower() != ".onnx":
             state = check_safe_torch_file(self.model_path)
@@ -459,7 +462,7 @@ class UvrSeparator:
         import onnxruntime as ort
 
         cls = _offline_separator_class()
-        roformer = self.arch == "MDXC"
+        roformer = self.is_roformer  # native float16 is verified for Roformers only; MDX23C gets autocast
         mdx_params = {"hop_length": int(hop_length), "segment_size": segment_size or 0,
                       "overlap": 0.25 if overlap is None else float(overlap), "batch_size": batch_size or 1,
                       "enable_denoise": bool(enable_denoise)}
