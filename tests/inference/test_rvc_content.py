@@ -188,9 +188,12 @@ def test_refuses_folder_without_weights_file(tmp_path):
         load_content_encoder(folder)
 
 
-def test_refuses_missing_path(tmp_path):
+def test_refuses_missing_path_and_non_torch_file(tmp_path):
     with pytest.raises(ContentEncoderError, match="does not exist"):
         load_content_encoder(tmp_path / "nope.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    with pytest.raises(ContentEncoderError, match="text.pt: not a readable torch"):
+        load_content_encoder(tmp_path / "text.pt")
 
 
 # ------------------------------------------------------------------------------------------ RMVPE

@@ -95,7 +95,7 @@ def _pickled_globals(path: Path) -> set[str]:
                     module, _, name = str(arg).partition(" ")
                     names.add(f"{module}.{name}")
                 elif op.name == "STACK_GLOBAL":
-                    names.add("<STACK_GLOBAL>")
+                    names.add("<a protocol-4 STACK_GLOBAL reference>")
             return True
         except Exception:  # truncated / not a pickle: stop scanning this stream
             return False
@@ -134,7 +134,7 @@ def restricted_torch_load(path: Path, what: str = "checkpoint", mmap: bool = Fal
             continue
         cls = _stand_in(full)
         if cls is None:
-            if allowed or full == "<STACK_GLOBAL>":
+            if allowed or full.startswith("<"):
                 raise ContentEncoderError(
                     f"{path.name}: refused: the {what} needs class {full}, which is not on the "
                     "allow-list (a model file may hold tensors and plain config only)")
@@ -147,8 +147,10 @@ def restricted_torch_load(path: Path, what: str = "checkpoint", mmap: bool = Fal
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         m = re.search(r"GLOBAL (\S+)", msg) or re.search(r"function (\S+)", msg)
-        named = m.group(1) if m else msg.splitlines()[0][:200]
-        raise ContentEncoderError(f"{path.name}: refused: the {what} needs class {named}, "
+        if m is None:
+            first = msg.splitlines()[0][:200] if msg else type(exc).__name__
+            raise ContentEncoderError(f"{path.name}: not a readable torch {what}: {first}") from None
+        raise ContentEncoderError(f"{path.name}: refused: the {what} needs class {m.group(1)}, "
                                   "which is not on the allow-list") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ContentEncoderError(f"{path.name}: not a readable torch {what}: {exc}"[:400]) from None
