@@ -31,3 +31,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["TEST"] = {"NAME": env("TEST_DB_NAME", default=f"test_{DATABASES['default']['NAME']}")}
 COVER_KEY_LAST_USED_INTERVAL = 0
+# django-axes (login throttling, base.py) stays on in tests: its failure counts live in the test
+# database, so each test starts from none (rolled back or flushed after every test).
+AXES_ENABLED = True
