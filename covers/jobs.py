@@ -86,7 +86,7 @@ def build_pipeline_config(job: CoverJob):
     return PipelineConfig(
         separator=separator, converter=converter,
         model_files=setup["model_files"], converter_params=setup["converter_params"],
-        **({"separation_chain": setup["separation_chain"]} if setup.get("separation_chain") else {}),
+        separation_chain=setup.get("separation_chain") or {},
         pitch_shift=float(p.get("pitch_shift") or 0.0), auto_pitch=bool(p.get("auto_pitch")),
         model_id=p.get("model_id") or None,
         reference_text=p.get("reference_text") or None, target_text=p.get("target_text") or None,

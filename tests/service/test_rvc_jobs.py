@@ -84,14 +84,24 @@ def test_a_job_with_a_registered_rvc_voice_succeeds_and_two_jobs_load_it_once(cl
     assert np.sqrt(np.mean(vocal ** 2)) > 1e-4          # the voice model sang something
 
 
-@pytest.mark.parametrize("cache_size,expected", [(2, {"alto": 1, "bass": 1}), (1, {"alto": 2, "bass": 2})])
-def test_two_voices_alternate_under_the_lru(client, rvc_root, song_bytes, ref_bytes, settings, cache_size, expected):
+@pytest.fixture(scope="module")
+def short_song_bytes() -> bytes:
+    from tests import signals
+    from tests.service.conftest import wav_bytes
+
+    mix, *_ = signals.song(seconds=2.0, sr=22050)
+    return wav_bytes(mix, 22050)
+
+
+@pytest.mark.parametrize("cache_size,expected", [(2, {"alto": 1, "bass": 1}), (1, {"alto": 2, "bass": 1})])
+def test_two_voices_alternate_under_the_lru(client, rvc_root, short_song_bytes, ref_bytes, settings, cache_size,
+                                            expected):
     settings.COVER_RVC_CACHE_SIZE = cache_size
-    _, raw = make_key("k", max_concurrent_jobs=None, jobs_per_day=None)
-    for mid in ("alto", "bass", "alto", "bass"):
-        cover(client, raw, song_bytes, ref_bytes, model_id=mid)
+    _, raw = make_key("k")
+    for mid in ("alto", "bass", "alto"):
+        cover(client, raw, short_song_bytes, ref_bytes, model_id=mid)
         run_queue()
-    assert sorted(CoverJob.objects.values_list("status", flat=True)) == ["succeeded"] * 4
+    assert sorted(CoverJob.objects.values_list("status", flat=True)) == ["succeeded"] * 3
     assert {mid: rvc_loads(rvc_root, mid) for mid in ("alto", "bass")} == expected
 
 
@@ -118,3 +128,26 @@ def test_a_missing_content_encoder_fails_the_job_naming_the_file(client, rvc_roo
     assert job.status == "failed" and job.stage == "infer"
     assert "hubert_base.pt" in job.error_message, job.error_message
     assert json.dumps(job.error_message).count("Traceback") == 0
+
+
+def test_a_job_with_registered_uvr_separator_and_karaoke_models(client, rvc_root, song_bytes, ref_bytes, settings):
+    from tests.inference import tiny_uvr
+
+    uvr = rvc_root / "uvr"
+    settings.COVER_UVR_MODEL_DIR = uvr
+    mdx = tiny_uvr.build_mdx(uvr)
+    kara = tiny_uvr.build_vr(uvr, "tiny_karaoke.pth", is_karaoke=True, seed=3)
+    for mid, path, step in (("mdx", mdx, "separate"), ("kara", kara, "karaoke")):
+        voice_models.voice_model_save(model=VoiceModel(model_id=mid, name=mid, engine="uvr", step=step,
+                                                       model_file=str(path.relative_to(rvc_root))))
+    _, raw = make_key("k")
+    job = cover(client, raw, song_bytes, ref_bytes, model_id="alto", separator_model="mdx", karaoke_model="kara")
+    run_queue()
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error_message
+    sep = job.report["stages"]["separate"]
+    assert sep["name"] == "uvr" and sep["chain"]["ran"] == ["karaoke"]
+    assert sep["chain"]["backing"] == "mixed into the instrumental, unconverted"
+    resp = client.get(f"/api/v1/cover/jobs/{job.id}", HTTP_X_API_KEY=raw).json()
+    assert resp["engines"]["separator"]["chain"]["karaoke"]["name"] == "uvr"
+    assert resp["engines"]["converter"]["model"] == "alto.pth"
