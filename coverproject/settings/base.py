@@ -39,6 +39,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "covers.exceptions.ApiJsonErrorsMiddleware",  # first: JSON errors on API paths whatever DEBUG is; bad Host -> 400
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -183,7 +184,8 @@ RQ_SHOW_ADMIN_LINK = True
 # Seconds without a heartbeat after which a running job's worker counts as dead.
 COVER_WORKER_HEARTBEAT_SECONDS = env.int("COVER_WORKER_HEARTBEAT_SECONDS", default=10)
 COVER_WORKER_DEAD_AFTER_SECONDS = env.int("COVER_WORKER_DEAD_AFTER_SECONDS", default=60)
-COVER_RECONCILE_INTERVAL_SECONDS = env.int("COVER_RECONCILE_INTERVAL_SECONDS", default=30)
+# 15 s: with a 60 s dead-after and 10 s heartbeats, a killed worker's job fails within ~85 s (README guarantee 3)
+COVER_RECONCILE_INTERVAL_SECONDS = env.int("COVER_RECONCILE_INTERVAL_SECONDS", default=15)
 # A queued row whose RQ job is missing from Redis for this long gets re-enqueued once, then failed.
 COVER_QUEUED_GRACE_SECONDS = env.int("COVER_QUEUED_GRACE_SECONDS", default=30)
 # Redis must run with maxmemory-policy noeviction (covers.checks, covers.E001): rqworker and daphne
@@ -250,6 +252,9 @@ COVER_PROGRESS_MIN_INTERVAL = env.float("COVER_PROGRESS_MIN_INTERVAL", default=0
 COVER_CANCEL_POLL_SECONDS = env.float("COVER_CANCEL_POLL_SECONDS", default=0.3)
 # last_used_at on API keys is written at most once per this many seconds per key.
 COVER_KEY_LAST_USED_INTERVAL = env.int("COVER_KEY_LAST_USED_INTERVAL", default=60)
+# Open WebSockets re-check their key/user this often (a key's expiry date passing is no event;
+# revoking, deleting, deactivating and logging out close the sockets at once).
+COVER_WS_RECHECK_SECONDS = env.float("COVER_WS_RECHECK_SECONDS", default=5)
 
 # --- API ---
 REST_FRAMEWORK = {
