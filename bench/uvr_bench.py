@@ -19,10 +19,12 @@ as a job would (python-audio-separator's own classes):
 - ``mel``: MelBand-Roformer with the dims of ``model_mel_band_roformer_ep_3005_sdr_11.4360.yaml``
   (dim 384, depth 12, 60 bands).
 
-The song is 30 s of stereo 44.1 kHz test audio. Each model runs in its own subprocess (peak RSS
+The song is 30 s of stereo 44.1 kHz test audio (tests/signals.song). Each model runs in its own subprocess (peak RSS
 is that process's VmHWM, or the CUDA peak allocation on ``--device cuda``): one warm-up
 separation of 10 s (also the cost estimate), then the median of 3 separations of 30 s; when that
-would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says.
+would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says. The
+Roformers (~9 TFLOP per 8 s chunk) are timed on one chunk of their own size, through the loaded
+model, and scaled by the library's chunk count for 30 s (``--full-roformer``: whole songs).
 Prints a markdown table; beside the wall-clock RTF, the process's CPU seconds per second of audio
 (what the separation costs when the machine is shared: the wall figure then includes waiting).
 """
@@ -183,6 +185,8 @@ def child(args) -> None:
         cpu.append((time.process_time() - c) / (x.shape[1] / SR))
         return time.perf_counter() - t
 
+    if eng.is_roformer and not args.full_roformer:
+        return _roformer_chunk(args, eng, song30, load_s)
     warm = run(song10)
     est30 = warm / 10 * 30
     if 3 * est30 <= args.budget:
@@ -197,6 +201,39 @@ def child(args) -> None:
                                   "warmup_s": round(warm, 1), "seconds": secs, "runs": len(times),
                                   "rtf": statistics.median(times) / secs,
                                   "cpu_rtf": statistics.median(cpu[1:]), "peak_mib": round(peak)}), flush=True)
+
+
+def _roformer_chunk(args, eng, song30, load_s) -> None:
+    """Full-size Roformers cost ~9 TFLOP per 8 s chunk: too slow for whole songs on a shared
+    2-core CPU. Time one forward pass of the loaded model on one chunk of the model's own size
+    and scale by the number of chunks the library runs for 30 s (its own chunk schedule)."""
+    import torch
+    inst = eng.library.model_instance
+    cfg = inst.model_data_cfgdict
+    hop = getattr(cfg.model, "stft_hop_length", None) or cfg.audio.hop_length
+    chunk = int(hop) * (int(cfg.inference.dim_t) - 1)
+    n_chunks = len(inst._roformer_chunk_starts(song30.shape[1], chunk, chunk // inst.overlap))
+    dev = torch.device(args.device)
+    x = torch.from_numpy(np.ascontiguousarray(song30[:, :chunk])).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times, cpus = [], []
+    for _ in range(1 if dev.type == "cpu" else 4):
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            y = inst.model_run(x.unsqueeze(0))[0]
+        sync()
+        times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    assert torch.isfinite(y).all()
+    t = statistics.median(times[1:] if len(times) > 1 else times)
+    c = statistics.median(cpus[1:] if len(cpus) > 1 else cpus)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _vm_hwm_mib()
+    print("RESULT " + json.dumps({"arch": eng.arch, "precision": eng.precision, "runtime": "",
+                                  "params_m": round(_params(eng) / 1e6, 1), "load_s": round(load_s, 1),
+                                  "warmup_s": None, "seconds": f"1 chunk of {chunk / SR:.1f} s (x{n_chunks} for 30 s)",
+                                  "runs": len(times), "rtf": t * n_chunks / 30.0, "cpu_rtf": c * n_chunks / 30.0,
+                                  "chunk_s": round(t, 1), "peak_mib": round(peak)}), flush=True)
 
 
 def _vm_hwm_mib() -> float:
@@ -230,6 +267,8 @@ def main() -> None:
     ap.add_argument("--only", default="vr,mdx,bs,mel")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of measured runs per model")
     ap.add_argument("--models", default="/tmp/uvr-bench-models")
+    ap.add_argument("--full-roformer", action="store_true",
+                    help="separate whole songs with the Roformers too (default: time one model chunk, scale to 30 s)")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
     if args.child:
@@ -244,6 +283,8 @@ def main() -> None:
     for w in which:
         cmd = [sys.executable, __file__, "--child", json.dumps(opts[w]), "--device", args.device,
                "--threads", str(args.threads), "--budget", str(args.budget), "--models", args.models]
+        if args.full_roformer:
+            cmd.append("--full-roformer")
         load = os.getloadavg()[0]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -261,8 +302,9 @@ def main() -> None:
           "| load (s) | load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        secs = r["seconds"] if isinstance(r["seconds"], str) else f"{r['seconds']} s"
         print(f"| {r['name']} | {r['params_m']} M | {r['precision']}{' ' + r['runtime'] if r['runtime'] and r['arch'] == 'MDX' else ''} "
-              f"| {r['seconds']} s | {r['runs']} | {r['rtf']:.3f} | {r['cpu_rtf']:.3f} | {r['peak_mib']} | {r['load_s']} "
+              f"| {secs} | {r['runs']} | {r['rtf']:.3f} | {r['cpu_rtf']:.3f} | {r['peak_mib']} | {r['load_s']} "
               f"| {r['load_before']} |")
 
 
