@@ -72,7 +72,9 @@ class CoverAPIKeyAdmin(APIKeyModelAdmin):
 
     @admin.action(description="Revoke the selected keys (cannot be undone)", permissions=["change"])
     def revoke_keys(self, request, queryset):
-        n = queryset.filter(revoked=False).update(revoked=True)
+        from .principals import api_keys_revoke
+
+        n = api_keys_revoke(keys=queryset)  # their open WebSockets close too
         self.message_user(request, f"Revoked {n} key(s).", messages.SUCCESS)
 
 

@@ -6,6 +6,12 @@ This wrapper answers 413 (the API's JSON error) as soon as the declared Content-
 bytes actually received pass COVER_MAX_REQUEST_BYTES (two files at COVER_MAX_UPLOAD_MB plus
 1 MB of fields): it hands Django a disconnect, so Django drops its spooled body file (nothing
 is left on disk) and no view runs.
+
+How early that is depends on the server. Under uvicorn (``manage.py serve``, covers/server.py) the
+application starts once the headers are parsed and body chunks arrive as they are read: a declared
+length over the limit is answered before any body byte is read, a chunked body is cut off at the
+limit. Under daphne the application only starts after Twisted has stored the whole body in a
+temporary file, so the answer is the same but comes after the upload.
 """
 from __future__ import annotations
 

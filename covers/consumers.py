@@ -8,22 +8,34 @@ sends it, so no change can fall between the two; events older than what was alre
 job (they may have been queued while the snapshot was read) are skipped, so a client never sees
 a job go backwards. The per-job consumer closes normally (1000) after a terminal status.
 
-Close codes: 4401 not authenticated, 4404 unknown job or another caller's (like the HTTP API's 404,
-so a socket cannot tell whether someone else's job exists).
+Close codes: 4401 not authenticated, or no longer (the key was revoked, expired or deleted, the user
+logged out or was deactivated), 4404 unknown job or another caller's (like the HTTP API's 404, so a
+socket cannot tell whether someone else's job exists) or a path with no route.
+
+A caller that loses access is cut off three ways: a ``principal.revoked`` event (sent after the
+commit by covers.principals to the group of the caller's key or user, which every consumer joins)
+closes the socket at once; before forwarding any job event the caller is checked again in the
+database (an event racing the revoke is dropped); and a timer re-checks every
+COVER_WS_RECHECK_SECONDS (a key's expiry date passing is no write, so nothing else would notice).
 Progress is throttled where it is written (covers.services.cover_job_progress: one write and
 one event per COVER_PROGRESS_MIN_INTERVAL per job; stage and status changes always pass).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import connection
 
 from . import notifications
 from .models import APIKey, CoverJob
 from .selectors import cover_job_list, cover_job_visible
+from .ws_auth import caller_still_allowed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,22 @@ def _list_snapshot(caller) -> list[dict]:
     return [notifications.job_event(job) for job in reversed(jobs)]  # oldest first
 
 
+def _caller_check(caller, session_key) -> bool:
+    """covers.ws_auth.caller_still_allowed in a pool thread of its own (not the consumer's
+    thread-sensitive one, where these checks interleaved with the dispatch made channel-layer
+    receives stall in tests), closing that thread's connection after."""
+    try:
+        return caller_still_allowed(caller, session_key=session_key)
+    finally:
+        connection.close()
+
+
+def _principal_group(caller) -> str:
+    if caller.api_key is not None:
+        return notifications.principal_key_group(caller.api_key.prefix)
+    return notifications.principal_user_group(caller.user.pk)
+
+
 def _caller_groups(caller) -> list[str]:
     if caller.api_key is not None:
         return [notifications.owner_group(caller.api_key.prefix)]
@@ -78,6 +106,8 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.groups_joined = []
         self.last_sent: dict[str, tuple] = {}
+        self.cut_off = False
+        self.recheck_task = None
         self.caller = self.scope.get("cover_caller")
         # Accept first: a close before the handshake's answer reaches the client as HTTP 403
         # with no close code, and the codes are the point.
@@ -86,6 +116,12 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
             log.info("websocket refused: %s", self.scope.get("cover_auth_error") or "no credentials")
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # the principal's group first: a revoke committed from here on reaches this socket
+        await self.join([_principal_group(self.caller)])
+        if not await self.still_allowed():  # revoked between the handshake's check and the join
+            await self.cut(reason="no longer allowed")
+            return
+        self.recheck_task = asyncio.ensure_future(self._recheck_loop())
         await self.start()
 
     async def start(self):
@@ -97,17 +133,65 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
             self.groups_joined.append(group)
 
     async def disconnect(self, code):
+        task = getattr(self, "recheck_task", None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.recheck_task = None
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined = []
 
-    async def forward(self, event: dict) -> bool:
-        """Send ``event`` unless it is older than, or the same as, what this client already has."""
+    # --- the caller may lose access while the socket is open -------------------------------
+    async def still_allowed(self) -> bool:
+        try:
+            return await sync_to_async(_caller_check, thread_sensitive=False)(
+                self.caller, self.scope.get("cover_session_key"))
+        except Exception as exc:  # database away: keep the socket (HTTP requests fail meanwhile)
+            log.warning("websocket caller re-check failed: %s", exc)
+            return True
+
+    async def cut(self, *, reason: str) -> None:
+        """Close 4401 and stop forwarding (events may still be queued for this channel)."""
+        if self.cut_off:
+            return
+        self.cut_off = True
+        log.info("websocket closed: %s", reason)
+        await self.disconnect(CLOSE_UNAUTHENTICATED)
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _recheck_loop(self) -> None:
+        """Every COVER_WS_RECHECK_SECONDS, a ``principal.recheck`` message to this consumer's own
+        channel: the check itself runs in the consumer's dispatch like any event (a database call
+        from this side task, concurrent with the dispatch, made channel-layer receives stall)."""
+        interval = float(settings.COVER_WS_RECHECK_SECONDS)
+        while not self.cut_off:
+            await asyncio.sleep(interval)
+            try:
+                await self.channel_layer.send(self.channel_name, {"type": "principal.recheck"})
+            except Exception as exc:  # Redis away: try again next time
+                log.warning("websocket re-check not scheduled: %s", exc)
+
+    async def principal_recheck(self, event):
+        if not self.cut_off and not await self.still_allowed():
+            await self.cut(reason="the caller is no longer allowed (re-check)")
+
+    async def principal_revoked(self, event):
+        await self.cut(reason=event.get("reason") or "revoked")
+
+    async def forward(self, event: dict, *, live: bool = True) -> bool:
+        """Send ``event`` unless it is older than, or the same as, what this client already has, or
+        the caller has lost access meanwhile (checked for live events; a snapshot follows the check
+        at connect)."""
+        if self.cut_off:
+            return False
         job_id = event.get("job_id")
         key = _order_key(event)
         last = self.last_sent.get(job_id)
         if last is not None and (last[0] == 2 or key <= last):
             return False  # stale, a repeat, or after a terminal status (which is final)
+        if live and not await self.still_allowed():
+            await self.cut(reason="the caller is no longer allowed")
+            return False
         self.last_sent[job_id] = key
         await self.send_json({k: event.get(k) for k in
                               ("type", "job_id", "status", "stage", "progress", "error_message", "ts")})
@@ -132,12 +216,15 @@ class JobConsumer(_JobEventsConsumer):
         if refused:
             await self.close(code=refused)
             return
-        await self.job_update(event)
+        await self._deliver(event, live=False)
 
     async def job_update(self, event):
+        await self._deliver(event, live=True)
+
+    async def _deliver(self, event: dict, *, live: bool) -> None:
         if event.get("job_id") != self.job_id:
             return
-        if await self.forward(event) and event.get("status") in CoverJob.TERMINAL:
+        if await self.forward(event, live=live) and event.get("status") in CoverJob.TERMINAL:
             await self.disconnect(CLOSE_NORMAL)
             await self.close(code=CLOSE_NORMAL)
 
@@ -150,7 +237,17 @@ class JobListConsumer(_JobEventsConsumer):
         groups = await database_sync_to_async(_caller_groups)(self.caller)
         await self.join(groups)
         for event in await database_sync_to_async(_list_snapshot)(self.caller):
-            await self.forward(event)
+            await self.forward(event, live=False)
 
     async def job_update(self, event):
         await self.forward(event)
+
+
+class NoRouteConsumer(AsyncWebsocketConsumer):
+    """Any other ``ws/...`` path: accepted and closed with 4404, like an unknown job (channels'
+    URLRouter would raise "No route found", which the server answers with HTTP 500 and a logged
+    traceback)."""
+
+    async def connect(self):
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)

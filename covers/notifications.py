@@ -3,6 +3,12 @@
 ``notify_job_changed(job)`` schedules one ``job.update`` event for the job's groups once the
 current transaction commits (at once in autocommit). It never raises into the caller: a lost
 event costs nothing because WebSocket consumers send the database's snapshot on connect.
+
+``notify_principal_revoked(key_prefixes=..., user_ids=...)`` tells every open WebSocket of a key
+that was revoked, expired or deleted, or of a user who logged out or was deactivated, to close
+(``principal.revoked`` to the groups ``cover_principal_key_<prefix>`` / ``cover_principal_user_<id>``,
+which each consumer joins for its own caller). A lost one is covered by the consumers' own
+re-check of their caller (before each event and every COVER_WS_RECHECK_SECONDS).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from django.utils import timezone
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "job.update"
+PRINCIPAL_REVOKED = "principal.revoked"
 
 
 def job_group(job_id) -> str:
@@ -27,6 +34,16 @@ def owner_group(api_key_prefix: str) -> str:
 
 def user_group(user_id) -> str:
     return f"cover_user_{user_id}"
+
+
+def principal_key_group(api_key_prefix: str) -> str:
+    """Every WebSocket opened with one API key (header or a token naming the key)."""
+    return f"cover_principal_key_{api_key_prefix}"
+
+
+def principal_user_group(user_id) -> str:
+    """Every WebSocket of one user (session or a token naming the user)."""
+    return f"cover_principal_user_{user_id}"
 
 
 def job_event(job) -> dict:
@@ -71,6 +88,15 @@ def notify_job_changed(job) -> None:
     transaction.on_commit(lambda: _send(groups, event), robust=True)
 
 
+def notify_principal_revoked(*, key_prefixes=(), user_ids=(), reason: str = "revoked") -> None:
+    """After commit: every open WebSocket of these keys / users closes (4401)."""
+    groups = [principal_key_group(p) for p in key_prefixes if p] + [principal_user_group(u) for u in user_ids if u]
+    if not groups:
+        return
+    event = {"type": PRINCIPAL_REVOKED, "reason": reason, "ts": timezone.now().isoformat()}
+    transaction.on_commit(lambda: _send(groups, event), robust=True)
+
+
 def _send(groups: list[str], event: dict) -> None:
     try:
         from asgiref.sync import async_to_sync
@@ -86,4 +112,4 @@ def _send(groups: list[str], event: dict) -> None:
 
         async_to_sync(send_all)()
     except Exception as exc:  # Redis down, loop trouble: log, never raise into the job
-        log.warning("job.update for %s not sent: %s", event.get("job_id"), exc)
+        log.warning("%s for %s not sent: %s", event.get("type"), event.get("job_id") or groups, exc)

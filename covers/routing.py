@@ -11,4 +11,5 @@ from . import consumers
 websocket_urlpatterns: list = [
     re_path(r"^ws/cover/jobs/(?P<job_id>[^/]+)/$", consumers.JobConsumer.as_asgi()),
     re_path(r"^ws/cover/jobs/$", consumers.JobListConsumer.as_asgi()),
+    re_path(r"", consumers.NoRouteConsumer.as_asgi()),  # anything else: close 4404, no error
 ]

@@ -10,7 +10,12 @@ to a :class:`covers.auth.Caller`, or None):
    user who owns a usable key - the same rule as ``StaffSessionAuthentication`` for the REST API.
 
 A bad header or token is a failed authentication (close 4401), never a silent fall-through to the
-session. ``scope["cover_auth_error"]`` says why, for the consumer's log.
+session. ``scope["cover_auth_error"]`` says why, for the consumer's log. A session caller's
+``scope["cover_session_key"]`` lets :func:`caller_still_allowed` notice a logout.
+
+:func:`caller_still_allowed` is asked again by the consumers before each event they forward and
+every COVER_WS_RECHECK_SECONDS: a key revoked, expired or deleted, a user deactivated or no longer
+allowed, a session ended: the socket closes with 4401.
 
 :class:`OriginValidator` is channels' AllowedHostsOriginValidator except that a handshake without
 an ``Origin`` header (not a browser: browsers always send one) is let through to authentication.
@@ -93,6 +98,24 @@ def session_user_allowed(user) -> bool:
         Q(expiry_date__isnull=True) | Q(expiry_date__gt=timezone.now())).exists()
 
 
+def caller_still_allowed(caller: Caller, *, session_key: str | None = None) -> bool:
+    """Whether the principal a socket was opened for may still use it (one small query; two for a
+    session). The same rules as at connect: a usable key; an active, allowed user; a live session."""
+    if caller.api_key is not None:
+        key = APIKey.objects.filter(pk=caller.api_key.pk).only("revoked", "expiry_date").first()
+        return key is not None and not key.revoked and not key.has_expired
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=getattr(caller.user, "pk", None)).first()
+    if user is None or not session_user_allowed(user):
+        return False
+    if session_key is not None:
+        from importlib import import_module
+
+        return import_module(settings.SESSION_ENGINE).SessionStore().exists(session_key)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # ASGI middleware
 # --------------------------------------------------------------------------------------------
@@ -136,7 +159,10 @@ class CallerMiddleware:
                 # resolve channels' lazy user here, not inside the DB thread below
                 user = user if getattr(user, "is_authenticated", False) else None
             caller, error = await database_sync_to_async(_resolve_caller)(raw_key, token, user)
-            scope = {**scope, "cover_caller": caller, "cover_auth_error": error}
+            session_key = None
+            if caller is not None and not raw_key and not token and scope.get("session") is not None:
+                session_key = scope["session"].session_key
+            scope = {**scope, "cover_caller": caller, "cover_auth_error": error, "cover_session_key": session_key}
         return await self.app(scope, receive, send)
 
 
