@@ -155,6 +155,7 @@ COLS = [  # (header, getter over (score, run), decimals)
     ("RPA 50c", lambda s, r: _get(s, "melody", "rpa_50c"), 2),
     ("RCA 50c", lambda s, r: _get(s, "melody", "rca_50c"), 2),
     ("transfer", lambda s, r: _get(s, "timbre", "transfer_fraction"), 2),
+    ("voicing FA", lambda s, r: _get(s, "melody", "voicing_false_alarm"), 2),
     ("LUFS", lambda s, r: _get(s, "mix", "lufs_integrated"), 1),
     ("TP dBTP", lambda s, r: _get(s, "mix", "true_peak_dbtp"), 2),
     ("clipped", lambda s, r: _get(s, "mix", "clipped_samples"), 0),
@@ -257,7 +258,8 @@ Run time of all cases: {run_s:.0f} s. Date: {time.strftime('%Y-%m-%d %H:%M UTC',
 
 Columns: SDR in dB (BSS Eval, fast_bss_eval) of our stems, beside the input mixture used as the
 estimate ("mixture" = doing nothing); RPA / RCA = pitch / chroma accuracy within 50 cents of the
-converted vocal against the shifted melody; transfer = timbre transfer fraction (0 = still the
+converted vocal against the shifted melody; voicing FA = voicing false alarm of the converted vocal
+(share of the frames where nobody sings that the kit's tracker calls voiced); transfer = timbre transfer fraction (0 = still the
 singer, 1 = as close as the reference voice singing); LUFS / TP / clipped / Δdur measured on cover.wav;
 per-stage wall seconds from report.json; RTF = pipeline wall time / song duration.
 
