@@ -22,8 +22,8 @@ as a job would (python-audio-separator's own classes):
 The song is 30 s of stereo 44.1 kHz test audio (tests/signals.song). Each model runs in its own subprocess (peak RSS
 is that process's VmHWM, or the CUDA peak allocation on ``--device cuda``): one warm-up
 separation of 10 s (also the cost estimate), then the median of 3 separations of 30 s; when that
-would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says. The
-Roformers (~9 TFLOP per 8 s chunk) are timed on one chunk of their own size, through the loaded
+would exceed ``--budget`` seconds, 1 run of 30 s, or 1 run of 10 s, as the table says. On a
+CPU the Roformers (~9 TFLOP per 8 s chunk) are timed on one chunk of their own size, through the loaded
 model, and scaled by the library's chunk count for 30 s (``--full-roformer``: whole songs).
 Prints a markdown table; beside the wall-clock RTF, the process's CPU seconds per second of audio
 (what the separation costs when the machine is shared: the wall figure then includes waiting).
@@ -185,7 +185,7 @@ def child(args) -> None:
         cpu.append((time.process_time() - c) / (x.shape[1] / SR))
         return time.perf_counter() - t
 
-    if eng.is_roformer and not args.full_roformer:
+    if eng.is_roformer and not args.full_roformer and not args.device.startswith("cuda"):
         return _roformer_chunk(args, eng, song30, load_s)
     warm = run(song10)
     est30 = warm / 10 * 30
