@@ -12,8 +12,9 @@ as a job would (python-audio-separator's own classes):
   RVC uses for HP2/HP5.
 - ``mdx``: MDX-Net with Inst_HQ_3's model data (dim_f 3072, dim_t 2^8, n_fft 6144, compensate
   1.022), exported to ONNX from a KUIELab-layout TFC-TDF U-Net (11 blocks, 3 conv layers per
-  block, growth 48, kernel 3, TDF bottleneck /8: ~16.6 M parameters, the size of the released
-  ~66 MB file). The layer sizes are our estimate, not read from the release.
+  block, growth 48, kernel 3, TDF bottleneck /8: 16.7 M parameters, a 63.7 MiB ONNX file). The
+  layer sizes are our estimate of the released model's (no copy of it here to read them from),
+  so its compute is matched only as far as that estimate is right.
 - ``bs``: BS-Roformer with the dims of ``model_bs_roformer_ep_317_sdr_12.9755.yaml``
   (dim 512, depth 12, 62 bands, hop 441, dim_t 801, 2 overlaps).
 - ``mel``: MelBand-Roformer with the dims of ``model_mel_band_roformer_ep_3005_sdr_11.4360.yaml``
