@@ -14,9 +14,11 @@ socket cannot tell whether someone else's job exists) or a path with no route.
 
 A caller that loses access is cut off three ways: a ``principal.revoked`` event (sent after the
 commit by covers.principals to the group of the caller's key or user, which every consumer joins)
-closes the socket at once; before forwarding any job event the caller is checked again in the
-database (an event racing the revoke is dropped); and a timer re-checks every
-COVER_WS_RECHECK_SECONDS (a key's expiry date passing is no write, so nothing else would notice).
+closes the socket at once, and any event sent after it is queued behind it on the consumer's
+channel; before forwarding a job event the key's expiry date is compared with the clock and the
+caller is read again from the database (at most once per EVENT_RECHECK_SECONDS); and a timer
+re-checks every COVER_WS_RECHECK_SECONDS (a key's expiry date passing is no write, so nothing
+else would notice on a quiet socket).
 Progress is throttled where it is written (covers.services.cover_job_progress: one write and
 one event per COVER_PROGRESS_MIN_INTERVAL per job; stage and status changes always pass).
 """
@@ -24,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import connection
+from django.utils import timezone
 
 from . import notifications
 from .models import APIKey, CoverJob
@@ -44,6 +46,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 LIST_SNAPSHOT_SIZE = 20
+EVENT_RECHECK_SECONDS = 1.0  # a live event re-reads the caller from the database at most this often
 
 _STAGES = list(CoverJob.Stage.values)
 _RANK = {CoverJob.Status.QUEUED: 0, CoverJob.Status.RUNNING: 1}
@@ -74,16 +77,6 @@ def _list_snapshot(caller) -> list[dict]:
     return [notifications.job_event(job) for job in reversed(jobs)]  # oldest first
 
 
-def _caller_check(caller, session_key) -> bool:
-    """covers.ws_auth.caller_still_allowed in a pool thread of its own (not the consumer's
-    thread-sensitive one, where these checks interleaved with the dispatch made channel-layer
-    receives stall in tests), closing that thread's connection after."""
-    try:
-        return caller_still_allowed(caller, session_key=session_key)
-    finally:
-        connection.close()
-
-
 def _principal_group(caller) -> str:
     if caller.api_key is not None:
         return notifications.principal_key_group(caller.api_key.prefix)
@@ -107,6 +100,7 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
         self.groups_joined = []
         self.last_sent: dict[str, tuple] = {}
         self.cut_off = False
+        self.checked_at = float("-inf")
         self.recheck_task = None
         self.caller = self.scope.get("cover_caller")
         # Accept first: a close before the handshake's answer reaches the client as HTTP 403
@@ -144,11 +138,27 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
     # --- the caller may lose access while the socket is open -------------------------------
     async def still_allowed(self) -> bool:
         try:
-            return await sync_to_async(_caller_check, thread_sensitive=False)(
-                self.caller, self.scope.get("cover_session_key"))
+            ok = await database_sync_to_async(caller_still_allowed)(
+                self.caller, session_key=self.scope.get("cover_session_key"))
+            if ok:
+                self.checked_at = time.monotonic()
+            return ok
         except Exception as exc:  # database away: keep the socket (HTTP requests fail meanwhile)
             log.warning("websocket caller re-check failed: %s", exc)
             return True
+
+    async def allowed_for_event(self) -> bool:
+        """Before a live event: the key's expiry date (held since connect) exactly, the database at
+        most every EVENT_RECHECK_SECONDS (thousands of events a second must not cost a query
+        each). A revoke cannot slip through that interval: its ``principal.revoked`` is queued on
+        this consumer's channel before any event sent after it (channels-redis orders a channel
+        by send time) and closes the socket first."""
+        key = self.caller.api_key
+        if key is not None and key.expiry_date is not None and key.expiry_date <= timezone.now():
+            return False
+        if time.monotonic() - self.checked_at < EVENT_RECHECK_SECONDS:
+            return True
+        return await self.still_allowed()
 
     async def cut(self, *, reason: str) -> None:
         """Close 4401 and stop forwarding (events may still be queued for this channel)."""
@@ -189,7 +199,7 @@ class _JobEventsConsumer(AsyncJsonWebsocketConsumer):
         last = self.last_sent.get(job_id)
         if last is not None and (last[0] == 2 or key <= last):
             return False  # stale, a repeat, or after a terminal status (which is final)
-        if live and not await self.still_allowed():
+        if live and not await self.allowed_for_event():
             await self.cut(reason="the caller is no longer allowed")
             return False
         self.last_sent[job_id] = key
