@@ -567,9 +567,14 @@ def model_needs(model: VoiceModel) -> list[dict]:
     elif model.engine == E.UVR:
         if model.kind in ("uvr-vr", "mdx"):
             name = "vr_model_data.json" if model.kind == "uvr-vr" else "mdx_model_data.json"
-            folder = Path(settings.COVER_UVR_MODEL_DIR).expanduser()
-            out.append({"what": f"model data ({name}, matched by the file's hash)", "setting": "COVER_UVR_MODEL_DIR",
-                        "required": True, "present": (folder / name).is_file()})
+            folders = [Path(settings.COVER_UVR_MODEL_DIR).expanduser()]
+            try:
+                folders.append(resolve_model_path(model.model_file, what="model file").parent)
+            except ValueError:
+                pass
+            out.append({"what": f"model data ({name}, matched by the file's hash; in COVER_UVR_MODEL_DIR or "
+                                f"beside the model)", "setting": "COVER_UVR_MODEL_DIR", "required": True,
+                        "present": any((f / name).is_file() for f in folders)})
         if model.kind in ("roformer", "mdxc"):
             out.append({"what": "YAML config", "setting": "config_file", "required": True,
                         "present": bool(model.config_file)})
