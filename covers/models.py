@@ -186,7 +186,8 @@ class VoiceModel(models.Model):
         GPT_SOVITS_COMMAND = "gpt-sovits-command", "GPT-SoVITS (command)"
         GPT_SOVITS_API = "gpt-sovits-api", "GPT-SoVITS (api_v2 server)"
         RVC = "rvc", "RVC voice (v1/v2 .pth)"
-        UVR = "uvr", "UVR-family separator (VR / MDX / MDXC / Roformer / Demucs)"
+        UVR = "uvr", "UVR-family separator (VR / MDX-Net / MDX23C / Roformer)"
+        DEMUCS = "demucs", "Demucs separator (.th / .yaml bag)"
 
     class Step(models.TextChoices):
         """What a separator model does in the separate stage (converters: ``voice``)."""

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from . import notifications, webhooks
 from .errors import Conflict, IdempotencyMismatch, InvalidParameter, LimitExceeded, QueueUnavailable
-from .models import CoverJob
+from .models import CoverJob, VoiceModel
 from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, queue_for_job, redis_connection
 from .uploads import UploadLimits, inspect_upload, storage_name
 
@@ -292,11 +292,13 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
         **{k: v for k, v in sep_models.items() if v},
         "convert_backing": bool(convert_backing),
     }
-    if sep_models["separator_model"] and separator and separator != "uvr":
-        raise InvalidParameter(f"separator_model names a UVR-family model; separator {separator!r} cannot run it",
-                               field="separator_model")
     if sep_models["separator_model"]:
-        parameters["separator"] = "uvr"
+        sep_engine = VoiceModel.objects.filter(model_id=sep_models["separator_model"]).values_list(
+            "engine", flat=True).first()
+        if separator and separator != sep_engine:
+            raise InvalidParameter(f"separator_model names a {sep_engine} model; separator {separator!r} cannot "
+                                   "run it", field="separator_model")
+        parameters["separator"] = sep_engine
     if vocals is not None:
         parameters["stems"] = "vocals+instrumental" if instrumental is not None else "vocals"
         parameters["separator"] = "provided"

@@ -120,7 +120,7 @@ def check_weights_safe(path: Path) -> None:
 RVC_PARAM_RANGES = {"index_rate": (0.0, 1.0), "protect": (0.0, 0.5), "rms_mix_rate": (0.0, 1.0),
                     "filter_radius": (0, 7)}
 F0_METHODS = ("rmvpe", "crepe")
-FILE_ENGINES = (E.RVC, E.UVR)
+FILE_ENGINES = (E.RVC, E.UVR, E.DEMUCS)
 
 
 def check_engine_params(params: dict, *, field_name: str = "engine_defaults") -> dict:
@@ -395,7 +395,7 @@ def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> str:
             what = f"converted 1 s of a test tone with {paths['model_file'].name}"
         else:
             t0 = time.perf_counter()
-            engine = get_engine("separator", "uvr", **uvr_engine_options(model, paths))
+            engine = get_engine("separator", model.engine, **separator_engine_options(model, paths))
             t1 = time.perf_counter()
             song = _test_signal(sr, channels=2)
             out = engine.separate(song, sr, StageContext(stage="separate", workdir=Path(tmp)))[0]
@@ -429,6 +429,18 @@ def rvc_model_files(model: VoiceModel, paths: dict[str, Path] | None = None) -> 
     if "index_file" in paths:
         files["index"] = str(paths["index_file"])
     return files
+
+
+def separator_engine_options(model: VoiceModel, paths: dict[str, Path]) -> dict:
+    """Constructor options of the engine that runs a registered separator model."""
+    if model.engine == E.DEMUCS:
+        from inference.model_files import demucs_name
+
+        opts = {"repo": str(paths["model_file"].parent), "name": demucs_name(paths["model_file"])}
+        if settings.COVER_DEVICE:
+            opts["device"] = settings.COVER_DEVICE
+        return opts
+    return uvr_engine_options(model, paths)
 
 
 def uvr_engine_options(model: VoiceModel | None = None, paths: dict[str, Path] | None = None) -> dict:
@@ -538,7 +550,7 @@ def separator_model_for_request(model_id: str | None, *, step: str) -> str | Non
         return None
     field_name = _STEP_FIELD[step]
     model = VoiceModel.objects.filter(model_id=mid).first()
-    if model is None or model.engine != E.UVR:
+    if model is None or model.engine not in (E.UVR, E.DEMUCS):
         names = ", ".join(VoiceModel.objects.filter(enabled=True, step=step).values_list("model_id", flat=True)[:20])
         raise InvalidParameter(f"{field_name}: no registered separator model {mid!r} "
                                f"(available for {step}: {names or 'none registered'})", field=field_name,
@@ -623,8 +635,8 @@ def job_model_setup(parameters: dict) -> dict:
     sep_mid = parameters.get("separator_model")
     if sep_mid:
         model, paths = row(sep_mid, "separate")
-        out["separator"] = "uvr"
-        out["engine_options"]["uvr"] = uvr_engine_options(model, paths)
+        out["separator"] = model.engine
+        out["engine_options"][model.engine] = separator_engine_options(model, paths)
     elif parameters.get("separator") == "uvr":
         out["engine_options"]["uvr"] = uvr_engine_options(None)
     chain: dict = {}
@@ -632,7 +644,7 @@ def job_model_setup(parameters: dict) -> dict:
         step_mid = parameters.get(f"{step}_model")
         if step_mid:
             model, paths = row(step_mid, "separate")
-            chain[step] = {"engine": "uvr", "options": uvr_engine_options(model, paths)}
+            chain[step] = {"engine": model.engine, "options": separator_engine_options(model, paths)}
     if chain:
         chain["convert_backing"] = bool(parameters.get("convert_backing"))
         out["separation_chain"] = chain

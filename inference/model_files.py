@@ -25,7 +25,7 @@ KINDS: dict[str, tuple[str | None, str]] = {
     "mdx": ("uvr", "separator"),
     "mdxc": ("uvr", "separator"),
     "roformer": ("uvr", "separator"),
-    "demucs": ("uvr", "separator"),
+    "demucs": ("demucs", "separator"),
     "content-encoder": (None, "content-encoder"),
     "rmvpe": (None, "pitch"),
     "index": (None, "index"),
@@ -283,8 +283,17 @@ def _inspect_yaml(p: Path, sha: str) -> ModelFacts:
     raise ModelFileError(f"{p.name} is neither a demucs bag (a 'models' list) nor a Roformer/MDX23C config")
 
 
+def demucs_name(path: str | Path) -> str:
+    """The model name demucs looks a file up by: ``NAME-<sha8>.th`` / ``NAME.th`` / ``NAME.yaml``."""
+    p = Path(path)
+    return p.stem.rsplit("-", 1)[0] if p.suffix == ".th" and "-" in p.stem else p.stem
+
+
 def _inspect_demucs(p: Path, sha: str) -> ModelFacts:
-    obj = safe_torch_load(p)
+    from .engines.demucs_engine import _allowed_demucs_classes
+    from .safe_pickle import restricted_torch_load
+
+    obj = restricted_torch_load(p, "demucs model package", allow=_allowed_demucs_classes(), error=ModelFileError)
     if not isinstance(obj, dict) or "klass" not in obj or "state" not in obj:
         raise ModelFileError(f"{p.name} is not a demucs model package (needs 'klass', 'args', 'kwargs', 'state')")
     kwargs = obj.get("kwargs") or {}

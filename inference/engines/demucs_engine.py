@@ -22,6 +22,7 @@ from ..context import StageContext
 from ..device import default_device, use_half
 from ..errors import PipelineError
 from ..registry import register
+from ..safe_pickle import RefusedModelFile, restricted_torch_load
 
 log = logging.getLogger("inference.demucs")
 
@@ -45,12 +46,14 @@ class DemucsSeparator:
             raise PipelineError("separate", f"demucs model folder {self.repo} does not exist",
                                 code="model_missing")
         try:
-            from demucs.pretrained import get_model
             from demucs.repo import ModelLoadingError
         except ImportError as exc:  # pragma: no cover - demucs is a requirement
             raise PipelineError("separate", f"demucs is not installed ({exc})", code="engine_missing") from None
         try:
-            model = get_model(name, repo=self.repo)
+            model = load_demucs_safely(self.repo, name)
+        except RefusedModelFile as exc:
+            raise PipelineError("separate", f"demucs model {name!r} in {self.repo} was refused: {exc}",
+                                code="model_unsafe") from None
         except ModelLoadingError as exc:
             raise PipelineError("separate", f"demucs model {name!r} not usable from {self.repo}: {exc}",
                                 code="model_missing") from None
@@ -135,6 +138,61 @@ class DemucsSeparator:
         vocals = np.nan_to_num(vocals, nan=0.0, posinf=0.0, neginf=0.0)
         ctx.progress(1.0)
         return vocals, (song - vocals).astype(np.float32)
+
+
+# The classes a demucs model package may name (its ``klass`` and a Fraction segment); demucs'
+# own loader unpickles with weights_only=False, which would run whatever a file names.
+_DEMUCS_CLASSES = {
+    "demucs.htdemucs.HTDemucs": ("demucs.htdemucs", "HTDemucs"),
+    "demucs.hdemucs.HDemucs": ("demucs.hdemucs", "HDemucs"),
+    "demucs.demucs.Demucs": ("demucs.demucs", "Demucs"),
+    "fractions.Fraction": ("fractions", "Fraction"),
+}
+
+
+def _allowed_demucs_classes() -> dict[str, type]:
+    import importlib
+
+    out = {}
+    for full, (module, name) in _DEMUCS_CLASSES.items():
+        try:
+            out[full] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return out
+
+
+def load_demucs_safely(repo: Path, name: str):
+    """demucs' ``get_model(name, repo=...)`` (a single ``NAME[-sha8].th`` or a ``NAME.yaml`` bag),
+    with every ``.th`` read by :func:`inference.safe_pickle.restricted_torch_load`: tensors,
+    plain config and demucs' own model classes only, checksum checked as demucs does."""
+    from demucs.repo import AnyModelRepo, BagOnlyRepo, LocalRepo, check_checksum
+    from demucs.states import load_model
+
+    allow = _allowed_demucs_classes()
+
+    class SafeLocalRepo(LocalRepo):
+        def get_model(self, sig: str):
+            from demucs.repo import ModelLoadingError
+
+            try:
+                file = self._models[sig]
+            except KeyError:
+                raise ModelLoadingError(f"Could not find pre-trained model with signature {sig}.") from None
+            if sig in self._checksums:
+                check_checksum(file, self._checksums[sig])
+            package = restricted_torch_load(Path(file), "demucs model package", allow=allow)
+            if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= set(package):
+                raise RefusedModelFile(f"{Path(file).name} is not a demucs model package "
+                                       "(needs klass, args, kwargs, state)")
+            if package["klass"] not in allow.values():
+                raise RefusedModelFile(f"{Path(file).name}: its model class is not a demucs model")
+            return load_model(package)
+
+    model_repo = SafeLocalRepo(repo)
+    model = AnyModelRepo(model_repo, BagOnlyRepo(repo, model_repo)).get_model(name)
+    model.eval()
+    return model
 
 
 def _model_segment(model) -> float | None:

@@ -293,3 +293,26 @@ def test_safe_weights_of_gpt_sovits_still_register_as_before(models_root):
     m = voice_models.voice_model_save(model=VoiceModel(model_id="a", name="a", engine="gpt-sovits-api",
                                                        gpt_weights="a/a-e1.ckpt", sovits_weights="a/a_e1_s1.pth"))
     assert m.engine == "gpt-sovits-api" and m.kind == ""
+
+
+def test_a_demucs_checkpoint_registers_for_the_demucs_engine(client, models_root, song_bytes, ref_bytes):
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state, save_with_checksum
+
+    kwargs = dict(sources=["drums", "bass", "other", "vocals"], channels=8, depth=2, nfft=512, dconv_comp=4,
+                  t_layers=1, t_heads=1, t_hidden_scale=1)
+    torch.manual_seed(0)
+    repo = models_root / "demucs"
+    repo.mkdir()
+    save_with_checksum({"klass": HTDemucs, "args": (), "kwargs": kwargs, "state": get_state(HTDemucs(**kwargs), None),
+                        "training_args": {}}, repo / "tiny.th")
+    th = next(repo.glob("tiny-*.th"))
+    m = voice_models.voice_model_save(model=VoiceModel(model_id="dm", name="dm", engine="uvr", step="separate",
+                                                       model_file=str(th.relative_to(models_root))))
+    assert (m.kind, m.engine, m.sample_rate) == ("demucs", "demucs", 44100)
+    _, raw = make_key("k")
+    assert post_job(client, raw, song_bytes, ref_bytes, separator_model="dm").status_code == 201
+    config = build_pipeline_config(CoverJob.objects.get())
+    assert config.separator == "demucs"
+    assert config.engine_options["demucs"] == {"repo": str(repo.resolve()), "name": "tiny"}

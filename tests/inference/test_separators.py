@@ -162,3 +162,41 @@ def test_demucs_missing_or_bad_checkpoint(tmp_path, tiny_demucs_repo, case):
         DemucsSeparator(**kwargs)
     assert err.value.stage == "separate"
     assert str(err.value).startswith("separate: ")
+
+
+class _RunsCode:
+    """Unpickling this would run code (write a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("where", ["payload", "klass"])
+def test_a_demucs_package_that_would_run_code_is_refused_unread(tmp_path, tiny_demucs_repo, where):
+    """demucs' own loader unpickles with weights_only=False; ours allows only its model classes."""
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state
+
+    from inference.engines.demucs_engine import DemucsSeparator
+
+    marker = tmp_path / "pwned"
+    kwargs = dict(sources=["drums", "bass", "other", "vocals"], channels=8, depth=2, nfft=512,
+                  dconv_comp=4, t_layers=1, t_heads=1, t_hidden_scale=1)
+    pkg = {"klass": HTDemucs, "args": (), "kwargs": kwargs, "state": get_state(HTDemucs(**kwargs), None),
+           "training_args": {}}
+    if where == "payload":
+        pkg["training_args"] = _RunsCode(marker)
+    else:
+        pkg["klass"] = dict   # a class that is not a demucs model
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    torch.save(pkg, repo / "evil.th")
+    with pytest.raises(PipelineError) as err:
+        DemucsSeparator(repo=str(repo), name="evil", device="cpu")
+    assert err.value.code in ("model_unsafe",) and "refused" in str(err.value)
+    assert not marker.exists()
