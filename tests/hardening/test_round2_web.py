@@ -225,8 +225,9 @@ def _revoke_flow(server, outcome, *, how: str, revoke, headers_for, minimum_s: f
     pump.run_until(lambda: all(w._done.is_set() for w in socks), timeout=within_s + 3)
     for w in socks:
         w.wait_closed(5)
-    late = {w.url.split("/ws/")[1]: sorted(m["progress"] for m in w.job_events_after(0)
-                                           if m["progress"] in pump.sent_after(t_revoked)) for w in socks}
+    after = pump.sent_after(t_revoked)
+    late = {("job" if str(key_job.id) in w.url else "list"):
+            sorted(m["progress"] for m in w.job_events_after(0) if m["progress"] in after) for w in socks}
     took = [round(w.closed_at - t0, 2) if w.closed_at else None for w in socks]
     outcome(f"WebSocket of a principal that loses access: {how} ({server.kind})",
             expected=f"both sockets (list, one job) close 4401 within {within_s:g} s; no job event sent after it",
