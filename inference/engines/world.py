@@ -7,6 +7,10 @@ kept, see below):
    10 ms hop, periodicity-gated, octave blips fixed and median-smoothed, then refined on WORLD's
    5 ms grid with StoneMask. The melody is multiplied by ``2 ** (pitch_shift / 12)``;
    ``auto_pitch`` then moves it by whole octaves toward the reference's range.
+   **Voicing gate** (:mod:`.voicing`): crepe hears a pitch in the accompaniment that leaks into
+   a separated stem, so a frame stays sung only where swift-f0's voice confidence or Silero
+   VAD's speech probability agrees and the frame is within ``gate_level_db`` of the loud frames
+   around it; the frames it overrules are synthesised as breath (aperiodic) ``gated_db`` down.
 2. **Analysis** per chunk (chunks cut at quiet points, processed on a thread pool: pyworld
    releases the GIL): CheapTrick envelope (5 ms), D4C aperiodicity (10 ms, interpolated).
 3. **Timbre**: each envelope is frequency-warped by a vocal-tract-length factor (the one under
@@ -175,7 +179,10 @@ class WorldConverter:
                  voicing_threshold: float = 0.3, refine_f0: bool = True, cache_size: int = 8,
                  f0_hop_s: float | None = None, isolated_unvoiced_db: float = -12.0,
                  breath_window_s: float = 0.5, f0_decode: str = "continuity",
-                 decode_options: dict | None = None, stats_db: float = 45.0):
+                 decode_options: dict | None = None, stats_db: float = 45.0,
+                 voicing_gate: str = "swift", gate_threshold: float = 0.5, gate_vad: float | None = 0.5,
+                 gate_level_db: float | None = 18.0,
+                 gate_smooth_s: float = 0.08, gated_db: float = -12.0):
         self.work_rate = int(work_rate)
         self.k = int(k)
         self.knn_weight = float(knn_weight)
@@ -192,6 +199,17 @@ class WorldConverter:
         self.f0_decode = str(f0_decode)   # "continuity" (pitchmod.decode_candidates) or "argmax"
         self.decode_options = dict(decode_options or {})
         self.stats_db = float(stats_db)   # frames for the warp/statistics: within this of the loudest
+        # voicing gate (see .voicing): a frame of the vocal is sung only when the tracker finds a
+        # pitch AND (swift-f0's voice confidence, median over gate_smooth_s, is >= gate_threshold
+        # OR Silero VAD's speech probability is >= gate_vad) AND the frame is within
+        # gate_level_db of the stem's loud frames nearby (see _gate); None switches a part off;
+        # "none" = the tracker's voicing alone (the leak between phrases is then sung)
+        self.voicing_gate = str(voicing_gate)
+        self.gate_threshold = float(gate_threshold)
+        self.gate_vad = None if gate_vad is None else float(gate_vad)
+        self.gate_level_db = None if gate_level_db is None else float(gate_level_db)
+        self.gate_smooth_s = float(gate_smooth_s)
+        self.gated_db = float(gated_db)   # level of the frames the gate turned to breath
         self._refs: OrderedDict[str, _Reference] = OrderedDict()
         self._lock = threading.Lock()
         self._grids: dict[tuple[int, int], _Grid] = {}
@@ -290,7 +308,8 @@ class WorldConverter:
                      "f0_model": f"torchcrepe {self.f0_model or pitchmod.default_model(device)}",
                      "device": device})
 
-        # progress plan: reference 0-0.15, pitch 0.15-0.5, analysis 0.5-0.8, map 0.8-0.85, synth -1.0
+        # progress plan: reference 0-0.15, pitch 0.15-0.45, voicing gate 0.45-0.5, analysis 0.5-0.8,
+        # map 0.8-0.85, synth -1.0
         ref, cached = self._reference(reference, ref_sr, device, ctx.sub(0.0, 0.15))
         info.update({"reference_cached": cached, "reference_median_f0": round(ref.median_f0, 1),
                      "reference_voiced_seconds": round(ref.voiced_seconds, 2)})
@@ -306,13 +325,16 @@ class WorldConverter:
         # float32 at the work rate; each chunk goes to float64 only while pyworld works on it
         x = resample(vocal, sr, rate) if rate != sr else vocal.astype(np.float32)
         cpu_ref = time.process_time()
-        f0c, f0hop = self._f0(x, rate, device, ctx.sub(0.15, 0.5))
-        info["cpu_seconds_f0"] = round(time.process_time() - cpu_ref, 3)
+        f0c, f0hop = self._f0(x, rate, device, ctx.sub(0.15, 0.45))
         hop = int(round(rate * FRAME_MS / 1000))
         n_frames = len(x) // hop + 1
         f0 = _to_grid(f0c, n_frames, f0hop)
         del f0c
         level = _frame_level_db(x, hop, n_frames)
+        gated = self._gate(x, rate, f0, level, info, ctx.sub(0.45, 0.5))
+        if gated is not None:
+            f0[gated] = 0.0
+        info["cpu_seconds_f0"] = round(time.process_time() - cpu_ref, 3)
         voiced_all = f0 > 0
         voiced_s = float(voiced_all.sum() * FRAME_MS / 1000)
         info["voiced_seconds"] = round(voiced_s, 2)
@@ -438,6 +460,9 @@ class WorldConverter:
             w = int(self.breath_window_s * 1000 / FRAME_MS)
             near = maximum_filter1d(voiced.astype(np.float64), size=2 * w + 1, mode="constant") > 0
             att = np.where(near, 1.0, 10 ** (self.isolated_unvoiced_db / 20))
+            if gated is not None and self.gated_db < 0:
+                # frames the gate took from the tracker (leak it heard a pitch in): breath, low
+                att = np.minimum(att, np.where(gated, 10 ** (self.gated_db / 20), 1.0))
             att = uniform_filter1d(att, size=21, mode="nearest")
             _apply_frames(y, att, hop)
             g = g * att
@@ -463,6 +488,48 @@ class WorldConverter:
         info["cpu_seconds"] = round(time.process_time() - cpu_start, 3)
         ctx.progress(1.0)
         return out
+
+    def _gate(self, x: np.ndarray, rate: int, f0: np.ndarray, level: np.ndarray, info: dict,
+              progress) -> np.ndarray | None:
+        """Frames (5 ms grid) the tracker calls voiced that the voicing gate rejects, or None
+        when the gate is off or swift-f0 is not installed."""
+        from . import voicing
+        if self.voicing_gate == "none":
+            progress(1.0)
+            return None
+        if self.voicing_gate != "swift" or not voicing.available():
+            if self.voicing_gate == "swift":
+                log.warning("swift-f0 is not installed: the voicing gate is off")
+            info["voicing_gate"] = "none (swift-f0 missing)"
+            progress(1.0)
+            return None
+        ts, conf = voicing.voice_confidence(x, rate, progress=progress)
+        t = np.arange(len(f0)) * FRAME_MS / 1000
+        keep = voicing.gate(ts, conf, t, threshold=self.gate_threshold, smooth_s=self.gate_smooth_s)
+        if self.gate_vad is not None:
+            tv, pv = voicing.speech_probability(x, rate)
+            keep |= voicing.gate(tv, pv, t, threshold=self.gate_vad, smooth_s=0.0)
+        if self.gate_level_db is not None:
+            # level against the loud frames around it (+-6 s; a quiet verse is judged against
+            # itself, not against the chorus): the leak between phrases is far below the phrases
+            from scipy.ndimage import maximum_filter1d, uniform_filter1d
+            loud = maximum_filter1d(uniform_filter1d(level, 11, mode="nearest"), size=2401, mode="nearest") - 3.0
+            keep &= level > loud - self.gate_level_db
+        voiced = f0 > 0
+        v = voiced & keep
+        # no sung islands shorter than 40 ms, no holes shorter than 30 ms inside a note
+        for s_, e_ in pitchmod._runs(voiced & ~v):
+            if e_ - s_ <= 6 and 0 < s_ and e_ < len(v) and v[s_ - 1] and v[e_]:
+                v[s_:e_] = True
+        for s_, e_ in pitchmod._runs(v):
+            if e_ - s_ < 8:
+                v[s_:e_] = False
+        gated = voiced & ~v
+        info.update({"voicing_gate": f"swift-f0 >= {self.gate_threshold}"
+                     + (f" or silero >= {self.gate_vad}" if self.gate_vad is not None else "")
+                     + (f", within {self.gate_level_db} dB" if self.gate_level_db is not None else ""),
+                     "gated_seconds": round(float(gated.sum() * FRAME_MS / 1000), 2)})
+        return gated
 
     def _envelope_mapper(self, logsp_s: np.ndarray, grid: _Grid, ref: _Reference, info: dict):
         """From the log envelopes of a sample of the loud voiced frames: the warp factor and the

@@ -172,3 +172,51 @@ def test_warp_ignores_a_tilt_over_the_whole_vocal(engine, ref, vocal, tmp_path):
         engine.convert(sig, SR, ref, SR, ConversionParams(pitch_shift=0), ctx)
         warps.append(ctx.info["warp_factor"])
     assert warps[0] == warps[1], warps
+
+
+def _pluck_leak(seconds, sr, f0=196.0, every=0.4):
+    """A guitar-like leak: plucked harmonic notes (1/k harmonics, decaying), one every ``every`` s."""
+    n = int(every * sr)
+    t = np.arange(n) / sr
+    note = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12)) * np.exp(-3.0 * t)
+    reps = int(np.ceil(seconds / every))
+    return np.tile(note, reps)[: int(seconds * sr)].astype(np.float32)
+
+
+def test_gaps_holding_only_leak_become_near_silent_breath(engine, ref, tmp_path):
+    # two sung phrases; a separated stem's leak (a plucked guitar 22 dB down) all along, alone
+    # in the gaps between, before and after them; the tracker hears a pitch in all of it, and
+    # before the voicing gate the converter sang it as a tone (tracker periodicity 0.88 there)
+    seg = [(0.0, 0.8, None), (0.8, 2.0, [220.0, 246.9]), (2.0, 3.4, None), (3.4, 4.6, [261.6, 293.7]),
+           (4.6, 5.4, None)]
+    n = int(seg[-1][1] * SR)
+    f0 = np.zeros(n)
+    for a, b, notes in seg:
+        if notes:
+            m = melody_f0(notes, (b - a) / 2, SR, vibrato_cents=20)
+            f0[int(a * SR): int(a * SR) + len(m)] = m
+    voice = harmonic_voice(f0, SR)
+    rms_voice = np.sqrt(np.mean(voice[f0 > 0] ** 2))
+    leak = _pluck_leak(n / SR, SR)
+    leak *= rms_voice * 10 ** (-22 / 20) / np.sqrt(np.mean(leak ** 2))
+    x = (voice + leak).astype(np.float32)
+    ctx = _ctx(tmp_path)
+    out = engine.convert(x, SR, ref, SR, ConversionParams(), ctx)
+    assert out.shape == x.shape and np.all(np.isfinite(out))
+    assert ctx.info["gated_seconds"] > 1.0   # the tracker's voicing in the leak was overruled
+
+    def rms_db(a, b):
+        y = out[int(a * SR): int(b * SR)]
+        return 10 * np.log10(np.mean(y.astype(np.float64) ** 2) + 1e-20)
+
+    phrases = (rms_db(0.9, 1.9) + rms_db(3.5, 4.5)) / 2
+    # the middle of each gap (a margin for the crossfade at the phrase edges)
+    for a, b in ((0.05, 0.6), (2.25, 3.15), (4.85, 5.35)):
+        assert rms_db(a, b) < phrases - 30, (a, b, rms_db(a, b), phrases)
+    # and what is left there is breath, not a tone: the tracker finds no confident pitch in it
+    t, _, per = _track(out, SR)
+    gap = ((t > 2.25) & (t < 3.15)) | ((t > 0.1) & (t < 0.6))
+    assert np.median(per[gap]) < 0.4
+    # the phrases keep their melody
+    cents = _cents_vs_truth(out, f0, 1.0)
+    assert np.mean(np.abs(cents) < 50) >= 0.9
