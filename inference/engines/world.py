@@ -181,7 +181,7 @@ class WorldConverter:
                  breath_window_s: float = 0.5, f0_decode: str = "continuity",
                  decode_options: dict | None = None, stats_db: float = 45.0,
                  voicing_gate: str = "swift", gate_threshold: float = 0.5, gate_vad: float | None = 0.5,
-                 gate_level_db: float | None = 18.0,
+                 gate_level_db: float | None = 18.0, gate_level_spread: float = 0.6, gate_level_min_db: float = 10.0,
                  gate_smooth_s: float = 0.08, gated_db: float = -12.0):
         self.work_rate = int(work_rate)
         self.k = int(k)
@@ -208,6 +208,11 @@ class WorldConverter:
         self.gate_threshold = float(gate_threshold)
         self.gate_vad = None if gate_vad is None else float(gate_vad)
         self.gate_level_db = None if gate_level_db is None else float(gate_level_db)
+        # ... tightened to gate_level_spread x the stem's level spread (90th - 10th percentile of
+        # the frames against their loud neighbours), at least gate_level_min_db: a stem whose
+        # gaps sit close to its phrases holds a loud leak
+        self.gate_level_spread = float(gate_level_spread)
+        self.gate_level_min_db = float(gate_level_min_db)
         self.gate_smooth_s = float(gate_smooth_s)
         self.gated_db = float(gated_db)   # level of the frames the gate turned to breath
         self._refs: OrderedDict[str, _Reference] = OrderedDict()
@@ -503,18 +508,26 @@ class WorldConverter:
             info["voicing_gate"] = "none (swift-f0 missing)"
             progress(1.0)
             return None
-        ts, conf = voicing.voice_confidence(x, rate, progress=progress)
+        from ..audio import resample
+        x16 = resample(x, rate, voicing.SWIFT_SR) if rate != voicing.SWIFT_SR else x   # once for both nets
+        ts, conf = voicing.voice_confidence(x16, voicing.SWIFT_SR, progress=progress)
         t = np.arange(len(f0)) * FRAME_MS / 1000
         keep = voicing.gate(ts, conf, t, threshold=self.gate_threshold, smooth_s=self.gate_smooth_s)
         if self.gate_vad is not None:
-            tv, pv = voicing.speech_probability(x, rate)
+            tv, pv = voicing.speech_probability(x16, voicing.SWIFT_SR)
             keep |= voicing.gate(tv, pv, t, threshold=self.gate_vad, smooth_s=0.0)
         if self.gate_level_db is not None:
             # level against the loud frames around it (+-6 s; a quiet verse is judged against
             # itself, not against the chorus): the leak between phrases is far below the phrases
             from scipy.ndimage import maximum_filter1d, uniform_filter1d
             loud = maximum_filter1d(uniform_filter1d(level, 11, mode="nearest"), size=2401, mode="nearest") - 3.0
-            keep &= level > loud - self.gate_level_db
+            rel = level - loud
+            act = rel[level > np.percentile(level, 95) - 60]
+            spread = float(np.percentile(act, 90) - np.percentile(act, 10)) if len(act) else 0.0
+            lim = float(np.clip(self.gate_level_spread * spread, min(self.gate_level_min_db, self.gate_level_db),
+                                self.gate_level_db))
+            info["gate_level_db"] = round(lim, 1)
+            keep &= rel > -lim
         voiced = f0 > 0
         v = voiced & keep
         # no sung islands shorter than 40 ms, no holes shorter than 30 ms inside a note
