@@ -666,7 +666,10 @@ def _sync(dev) -> None:
 
 @contextlib.contextmanager
 def _seeded(seed: int, dev):
-    """The synthesizer's random draws from a generator seeded per job (the global one is restored)."""
+    """The synthesizer's random draws from torch's generator seeded per job and window (its state
+    is forked and restored around the call). Reproducible as long as one conversion runs at a time
+    in the process (an RQ worker runs one job at a time); two threads converting at once would
+    share the generator and their noise would no longer be reproducible (still correct audio)."""
     import torch
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
