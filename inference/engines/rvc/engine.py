@@ -250,7 +250,7 @@ class RvcConverter:
     version = VERSION
 
     def __init__(self, content_encoder, rmvpe=None, device: str | None = None, half: bool | None = None,
-                 cache_size: int = 2, f0_method: str | None = None, window_seconds: float = 30.0,
+                 cache_size: int = 2, f0_method: str | None = None, window_seconds: float = 20.0,
                  context_seconds: float = 1.0, crossfade_seconds: float = 0.1,
                  seam_search_seconds: float = 3.0, crepe_model: str | None = None,
                  voicing_threshold: float = 0.3):
