@@ -3,14 +3,18 @@
 A separated vocal stem holds the accompaniment that leaked through the separator. Between the
 sung phrases that leak is all there is, and a pitch tracker such as torchcrepe, asked "is this
 frame periodic", answers yes to a guitar as readily as to a voice (on the eval kit's separated
-stems crepe's periodicity calls 0.89 of the frames where nobody sings voiced). swift-f0's
+stems crepe's voicing calls 0.86 of the frames where nobody sings voiced). swift-f0's
 confidence (a 135 KB ONNX net shipped inside the ``swift-f0`` wheel, onnxruntime + numpy only)
-was trained to say "voiced" for a voice, and calls far fewer of those frames voiced; it is the
-gate here. See BENCHMARKS.md, "Voicing gate (issue 12 item 2)", for the measurements.
+calls far fewer of those frames voiced (0.39 at >= 0.5); Silero VAD's speech probability (the
+ONNX model inside faster-whisper) catches sung frames swift-f0 misses. Neither tells a loud
+leaked guitar from a voice, so the converter also asks the frame's level against the loud frames
+around it (inference/engines/world.py, ``WorldConverter._gate``). See BENCHMARKS.md, "Voicing
+gate (issue 12 item 2)", for the measurements.
 
 ``voice_confidence(audio, sr)`` returns swift-f0's per-frame confidence (0..1; >= 0.5 means
-voiced in the model's calibration) on swift-f0's 16 ms grid, and ``gate(...)`` turns it into a
-boolean voicing mask on any other frame grid. No Django, no downloads.
+voiced in the model's calibration) on swift-f0's 16 ms grid, ``speech_probability(audio, sr)``
+Silero's per 32 ms, and ``gate(...)`` turns either into a boolean mask on another frame grid.
+No Django, no downloads.
 """
 from __future__ import annotations
 
