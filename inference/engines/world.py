@@ -182,7 +182,7 @@ class WorldConverter:
                  decode_options: dict | None = None, stats_db: float = 45.0,
                  voicing_gate: str = "swift", gate_threshold: float = 0.5, gate_vad: float | None = 0.5,
                  gate_level_db: float | None = 18.0, gate_level_spread: float = 0.6, gate_level_min_db: float = 10.0,
-                 gate_smooth_s: float = 0.08, gated_db: float = -12.0):
+                 gate_smooth_s: float = 0.08, gated_db: float = -12.0, gate_bridge_s: float = 0.03):
         self.work_rate = int(work_rate)
         self.k = int(k)
         self.knn_weight = float(knn_weight)
@@ -215,6 +215,7 @@ class WorldConverter:
         self.gate_level_min_db = float(gate_level_min_db)
         self.gate_smooth_s = float(gate_smooth_s)
         self.gated_db = float(gated_db)   # level of the frames the gate turned to breath
+        self.gate_bridge_s = float(gate_bridge_s)   # holes up to this long inside a sung run stay sung
         self._refs: OrderedDict[str, _Reference] = OrderedDict()
         self._lock = threading.Lock()
         self._grids: dict[tuple[int, int], _Grid] = {}
@@ -530,9 +531,10 @@ class WorldConverter:
             keep &= rel > -lim
         voiced = f0 > 0
         v = voiced & keep
-        # no sung islands shorter than 40 ms, no holes shorter than 30 ms inside a note
+        # no sung islands shorter than 40 ms, no holes up to gate_bridge_s inside a sung run
+        bridge = int(round(self.gate_bridge_s * 1000 / FRAME_MS))
         for s_, e_ in pitchmod._runs(voiced & ~v):
-            if e_ - s_ <= 6 and 0 < s_ and e_ < len(v) and v[s_ - 1] and v[e_]:
+            if e_ - s_ <= bridge and 0 < s_ and e_ < len(v) and v[s_ - 1] and v[e_]:
                 v[s_:e_] = True
         for s_, e_ in pitchmod._runs(v):
             if e_ - s_ < 8:
