@@ -65,7 +65,17 @@ def _install_torchvision_stub() -> None:
 
 def import_audio_separator():
     """``audio_separator.separator`` (python-audio-separator) with onnx2torch importable
-    without torchvision (see :func:`_install_torchvision_stub`)."""
+    without torchvision (see :func:`_install_torchvision_stub`).
+
+    The stand-in is registered only while they import (onnx2torch keeps its own references):
+    left in ``sys.modules`` it would make other libraries (transformers) believe torchvision is
+    installed and import parts of it that do not exist."""
+    added = "torchvision" not in sys.modules
     _install_torchvision_stub()
-    importlib.import_module("onnx2torch")
-    return importlib.import_module("audio_separator.separator")
+    try:
+        importlib.import_module("onnx2torch")
+        return importlib.import_module("audio_separator.separator")
+    finally:
+        if added and getattr(sys.modules.get("torchvision"), "__stub__", False):
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]

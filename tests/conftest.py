@@ -43,6 +43,17 @@ def _network_guard_installed():
 
 
 @pytest.fixture(autouse=True)
+def _decoding_isolation_restored():
+    """A CoverWorker started in this process turns on isolated decoding process-wide
+    (inference.audio.isolate_decoding); each test starts with what the one before found."""
+    from inference import audio
+
+    before = audio.decoding_isolation()
+    yield
+    audio.isolate_decoding(before)
+
+
+@pytest.fixture(autouse=True)
 def _no_outside_traffic():
     """Fails the test that tried to reach a non-loopback address, even if the code swallowed the
     refusal."""

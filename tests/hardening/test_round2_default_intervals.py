@@ -1,7 +1,7 @@
 """Issue 13, a promise to prove: README guarantee 3 says a killed worker's job fails "within 90 s
 (default settings)". The fault suite (test_faults.py) measures it with shortened intervals; this
 test measures it once with the DEFAULT intervals (heartbeat 10 s, dead after 60 s, reconcile every
-30 s: nothing of COVER_WORKER_*/COVER_RECONCILE_* is set), on the README's own stack: daphne and
+15 s: nothing of COVER_WORKER_*/COVER_RECONCILE_* is set), on the README's own stack: daphne and
 `manage.py supervise_worker cover` (what scripts/setup_and_run.sh runs). The worker running the
 job is SIGKILLed during infer (a converter that hangs in native code); the supervisor starts a new
 worker, whose reconciler fails the job. About 60-100 s of waiting: the one test of its kind."""
@@ -44,7 +44,7 @@ def test_a_killed_workers_job_fails_within_90_s_with_the_default_intervals(e2e_d
         env.pop(name)  # the settings' own defaults
     defaults = {name: getattr(settings, name) for name in DEFAULTED}
     assert defaults == {"COVER_WORKER_HEARTBEAT_SECONDS": 10, "COVER_WORKER_DEAD_AFTER_SECONDS": 60,
-                        "COVER_RECONCILE_INTERVAL_SECONDS": 30}, defaults
+                        "COVER_RECONCILE_INTERVAL_SECONDS": 15}, defaults
     conn = redis_connection()
     s = Stack(tmp_path, env)
     try:
@@ -94,7 +94,7 @@ def test_a_killed_workers_job_fails_within_90_s_with_the_default_intervals(e2e_d
         took = time.monotonic() - t0
         assert final is not None, s.logs()
         outcome("worker SIGKILLed during infer, DEFAULT intervals (heartbeat 10 s, dead after 60 s, reconcile "
-                "30 s), README stack (daphne + supervise_worker)",
+                "15 s), README stack (daphne + supervise_worker)",
                 expected="job failed within 90 s naming the stage (README guarantee 3)",
                 measured=f"{final['status']} after {took:.1f} s: {final['error_message'][:120]}",
                 seconds=round(took, 1))
