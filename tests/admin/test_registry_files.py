@@ -316,3 +316,22 @@ def test_a_demucs_checkpoint_registers_for_the_demucs_engine(client, models_root
     config = build_pipeline_config(CoverJob.objects.get())
     assert config.separator == "demucs"
     assert config.engine_options["demucs"] == {"repo": str(repo.resolve()), "name": "tiny"}
+
+
+def test_test_load_of_a_separator_runs_a_real_one_second_separation(models_root, settings):
+    uvr = models_root / "uvr"
+    settings.COVER_UVR_MODEL_DIR = uvr
+    mdx = tiny_uvr.build_mdx(uvr)
+    m = voice_models.voice_model_save(model=VoiceModel(model_id="mdx", name="mdx", engine="uvr", step="separate",
+                                                       model_file=str(mdx.relative_to(models_root))))
+    assert voice_models.run_voice_model_test(m.pk) == "ok"
+    m.refresh_from_db()
+    assert m.last_test_ok is True and m.last_test_seconds > 0
+    assert "separated 1 s of a test tone with tiny_mdx.onnx" in m.last_test_message
+    # the model data went missing: the test fails naming the file
+    (uvr / "mdx_model_data.json").unlink()
+    from inference import registry
+    registry.clear_cache()
+    assert voice_models.run_voice_model_test(m.pk) == "failed"
+    m.refresh_from_db()
+    assert m.last_test_ok is False and "mdx_model_data.json" in m.last_test_message
