@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from . import notifications, webhooks
 from .errors import Conflict, IdempotencyMismatch, InvalidParameter, LimitExceeded, QueueUnavailable
-from .models import CoverJob, VoiceModel
+from .models import CoverJob
 from .queue import FAILURE_CALLBACK, JOB_FUNC, cancel_flag_key, cover_queue, queue_for_job, redis_connection
 from .uploads import UploadLimits, inspect_upload, storage_name
 
@@ -260,6 +260,10 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
                   for field, step, value in (("separator_model", "separate", separator_model),
                                              ("karaoke_model", "karaoke", karaoke_model),
                                              ("dereverb_model", "dereverb", dereverb_model))}
+    sep_model = sep_models["separator_model"]
+    if sep_model is not None and separator and separator != sep_model.engine:
+        raise InvalidParameter(f"separator_model names a {sep_model.engine} model; separator {separator!r} cannot "
+                               "run it", field="separator_model")
     limits = upload_limits_for_key(api_key)
     uploads = {}
     if song is not None:
@@ -289,16 +293,11 @@ def cover_job_create(*, caller, reference_voice, song=None, vocals=None, instrum
         # RVC parameters: the request's, else the model's defaults (engine defaults fill the rest)
         "engine_params": {**chosen.defaults.get("engine_params", {}),
                           **check_engine_params(engine_params or {}, field_name="engine_params")},
-        **{k: v for k, v in sep_models.items() if v},
+        **{k: m.model_id for k, m in sep_models.items() if m is not None},
         "convert_backing": bool(convert_backing),
     }
-    if sep_models["separator_model"]:
-        sep_engine = VoiceModel.objects.filter(model_id=sep_models["separator_model"]).values_list(
-            "engine", flat=True).first()
-        if separator and separator != sep_engine:
-            raise InvalidParameter(f"separator_model names a {sep_engine} model; separator {separator!r} cannot "
-                                   "run it", field="separator_model")
-        parameters["separator"] = sep_engine
+    if sep_model is not None:
+        parameters["separator"] = sep_model.engine
     if vocals is not None:
         parameters["stems"] = "vocals+instrumental" if instrumental is not None else "vocals"
         parameters["separator"] = "provided"

@@ -341,14 +341,15 @@ def voice_model_test_enqueue(*, model: VoiceModel) -> str:
     return job.id
 
 
-def voice_model_test_load(*, model: VoiceModel) -> str:
+def voice_model_test_load(*, model: VoiceModel) -> tuple[str, float | None]:
     """Load the model the way a job would and, for RVC and UVR-family models, run a real
-    1-second inference with it; returns a one-line description, raises on failure."""
+    1-second inference with it; returns a one-line description and the inference's seconds
+    (None when no inference ran), raises on failure."""
     if model.engine == E.WORLD:
         from inference.registry import get_engine
 
         engine = get_engine("converter", "world")
-        return f"built the {getattr(engine, 'name', 'world')} converter"
+        return f"built the {getattr(engine, 'name', 'world')} converter", None
     paths = voice_model_validate(model=model, load_weights=model.engine in FILE_ENGINES)
     if model.engine in FILE_ENGINES:
         return _test_inference(model, paths)
@@ -356,7 +357,7 @@ def voice_model_test_load(*, model: VoiceModel) -> str:
     for name in ("gpt_weights", "sovits_weights"):
         check_weights_safe(paths[name])
         loaded.append(f"{paths[name].name} ({paths[name].stat().st_size / 1e6:.1f} MB)")
-    return "loaded " + " and ".join(loaded) + " with torch.load(weights_only=True)"
+    return "loaded " + " and ".join(loaded) + " with torch.load(weights_only=True)", None
 
 
 def _test_signal(sr: int, seconds: float = 1.0, channels: int = 1):
@@ -372,7 +373,7 @@ def _test_signal(sr: int, seconds: float = 1.0, channels: int = 1):
     return np.stack([x] * channels) if channels > 1 else x
 
 
-def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> str:
+def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> tuple[str, float]:
     import tempfile
     import time
 
@@ -388,7 +389,7 @@ def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> str:
             engine = get_engine("converter", "rvc", **rvc_engine_options())
             t1 = time.perf_counter()
             voice = _test_signal(sr)
-            params = ConversionParams(model_files=rvc_model_files(model, paths),
+            params = ConversionParams(model_files=rvc_model_files(paths),
                                       engine_params=dict(model.engine_defaults or {}))
             out = engine.convert(voice, sr, voice, sr, params, StageContext(stage="infer", workdir=Path(tmp)))
             t2 = time.perf_counter()
@@ -405,13 +406,9 @@ def _test_inference(model: VoiceModel, paths: dict[str, Path]) -> str:
 
     if not np.all(np.isfinite(np.asarray(out))):
         raise ValueError(f"{paths['model_file'].name} produced invalid samples (NaN/inf)")
-    _TEST_SECONDS[model.pk] = t2 - t1
     device = getattr(engine, "device", "cpu")
     return (f"{what} in {t2 - t1:.2f} s on {device} (engine ready in {t1 - t0:.2f} s); "
-            f"{model.kind or model.engine} {model.version} {model.sample_rate or ''}".strip())
-
-
-_TEST_SECONDS: dict[int, float] = {}
+            f"{model.kind or model.engine} {model.version} {model.sample_rate or ''}".strip()), t2 - t1
 
 
 def rvc_engine_options() -> dict:
@@ -423,8 +420,7 @@ def rvc_engine_options() -> dict:
             "cache_size": int(settings.COVER_RVC_CACHE_SIZE), "device": settings.COVER_DEVICE or None}
 
 
-def rvc_model_files(model: VoiceModel, paths: dict[str, Path] | None = None) -> dict:
-    paths = paths if paths is not None else voice_model_validate(model=model, load_weights=False)
+def rvc_model_files(paths: dict[str, Path]) -> dict:
     files = {"model": str(paths["model_file"])}
     if "index_file" in paths:
         files["index"] = str(paths["index_file"])
@@ -444,15 +440,14 @@ def separator_engine_options(model: VoiceModel, paths: dict[str, Path]) -> dict:
 
 
 def uvr_engine_options(model: VoiceModel | None = None, paths: dict[str, Path] | None = None) -> dict:
-    """Constructor options of the uvr separator for a registered model (its file), or for the
-    inherited COVER_UVR_MODEL in COVER_UVR_MODEL_DIR when ``model`` is None."""
+    """Constructor options of the uvr separator for a registered model (its resolved ``paths``), or
+    for the inherited COVER_UVR_MODEL in COVER_UVR_MODEL_DIR when ``model`` is None."""
     opts = {"model_dir": str(Path(settings.COVER_UVR_MODEL_DIR).expanduser())}
     if settings.COVER_DEVICE:
         opts["device"] = settings.COVER_DEVICE
     if model is None:
         opts["model"] = settings.COVER_UVR_MODEL or ""
         return opts
-    paths = paths if paths is not None else voice_model_validate(model=model, load_weights=False)
     opts["model"] = str(paths["model_file"])
     if "config_file" in paths:
         opts["config"] = str(paths["config_file"])
@@ -468,9 +463,9 @@ def run_voice_model_test(model_pk: int) -> str:
         model = VoiceModel.objects.filter(pk=model_pk).first()
         if model is None:
             return "deleted"
-        _TEST_SECONDS.pop(model.pk, None)
+        seconds = None
         try:
-            message, ok = voice_model_test_load(model=model), True
+            (message, seconds), ok = voice_model_test_load(model=model), True
         except ModelInvalid as exc:
             message, ok = "; ".join(f"{k}: {v}" for k, v in exc.errors.items()), False
         except Exception as exc:
@@ -478,7 +473,7 @@ def run_voice_model_test(model_pk: int) -> str:
             message, ok = f"{exc.__class__.__name__}: {str(exc)[:500]}", False
         VoiceModel.objects.filter(pk=model_pk).update(last_test_at=timezone.now(), last_test_ok=ok,
                                                       last_test_message=message[:2000],
-                                                      last_test_seconds=_TEST_SECONDS.pop(model.pk, None))
+                                                      last_test_seconds=seconds)
         return "ok" if ok else "failed"
     finally:
         close_old_connections()
@@ -542,9 +537,9 @@ _STEP_FIELD = {"separate": "separator_model", "karaoke": "karaoke_model", "derev
                "voice": "model_id"}
 
 
-def separator_model_for_request(model_id: str | None, *, step: str) -> str | None:
-    """A job's separator_model / karaoke_model / dereverb_model: an enabled, registered UVR-family
-    model serving ``step``; None when not given; InvalidParameter naming the field otherwise."""
+def separator_model_for_request(model_id: str | None, *, step: str) -> VoiceModel | None:
+    """A job's separator_model / karaoke_model / dereverb_model: the enabled, registered UVR-family
+    or Demucs model serving ``step``; None when not given; InvalidParameter naming the field otherwise."""
     mid = (model_id or "").strip() or None
     if mid is None:
         return None
@@ -561,7 +556,7 @@ def separator_model_for_request(model_id: str | None, *, step: str) -> str | Non
     if model.step != step:
         raise InvalidParameter(f"{field_name}: {mid!r} is registered for step {model.step!r}, not {step!r}",
                                field=field_name, code="wrong_model_kind")
-    return model.model_id
+    return model
 
 
 def model_needs(model: VoiceModel) -> list[dict]:
@@ -629,7 +624,7 @@ def job_model_setup(parameters: dict) -> dict:
             raise PipelineError("infer", f"model {mid} is not an RVC voice ({model.kind or model.engine})",
                                 code="invalid_model")
         out["engine_options"]["rvc"] = rvc_engine_options()
-        out["model_files"] = rvc_model_files(model, paths)
+        out["model_files"] = rvc_model_files(paths)
     if parameters.get("stems"):   # the client's own stems: nothing is separated
         return out
     sep_mid = parameters.get("separator_model")

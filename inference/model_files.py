@@ -11,7 +11,6 @@ A file that is not what it claims to be raises :class:`ModelFileError` naming wh
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,7 +229,7 @@ def _inspect_ckpt_with_yaml(p: Path, sha: str, kind: str, config, names) -> Mode
         sr = _yaml_sample_rate(cfg)
         details["config"] = Path(config).name
     return _facts(kind, p, sha, sample_rate=sr, details=details,
-                  needs=(f"its YAML config (same name as the checkpoint, .yaml, in the UVR model folder)",))
+                  needs=("its YAML config (same name as the checkpoint, .yaml, in the UVR model folder)",))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -331,16 +330,3 @@ def _inspect_index(p: Path, sha: str) -> ModelFacts:
         raise ModelFileError(f"{p.name}: an RVC index holds 256- (v1) or 768-dim (v2) features; this one holds {dim}")
     return _facts("index", p, sha, version="v1" if dim == 256 else "v2",
                   details={"dim": dim, "vectors": int(index.ntotal)})
-
-
-def describe(facts: ModelFacts) -> str:
-    bits = [facts.kind]
-    if facts.version:
-        bits.append(facts.version)
-    if facts.sample_rate:
-        bits.append(f"{facts.sample_rate // 1000} kHz" if facts.sample_rate % 1000 == 0 else f"{facts.sample_rate} Hz")
-    return ", ".join(bits) + f" (sha256 {facts.sha256[:12]})"
-
-
-def facts_json(facts: ModelFacts) -> str:
-    return json.dumps(facts.as_dict(), sort_keys=True, default=str)
